@@ -1,0 +1,8 @@
+"""Sparse autoencoders: the Top-k SAE, its losses, sparse codes and file formats."""
+
+from sae_audit.sae.codes import SparseCodes
+from sae_audit.sae.config import SAEConfig
+from sae_audit.sae.io import FORMAT_READERS, load_sae, save_sae
+from sae_audit.sae.topk import LossOutput, TopKSAE
+
+__all__ = ["FORMAT_READERS", "LossOutput", "SAEConfig", "SparseCodes", "TopKSAE", "load_sae", "save_sae"]

@@ -1,0 +1,150 @@
+"""Audit metrics as pure tensor functions (``shared/SPEC.md`` section 4).
+
+Every function takes tensors (or array-likes) and returns a tensor or a float;
+none keeps state. Streaming versions live in the suites, which reduce to these
+formulas.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """Fraction of variance unexplained, ``sum ||x - x_hat||^2 / sum ||x - mean(x)||^2``.
+
+    Args:
+        x, x_hat: ``[N, d]``. The denominator is the variance about the mean of
+            ``x`` over the N rows (never about zero), so a constant offset in the
+            data does not change the value.
+    Returns:
+        float; NaN when ``N < 2`` or ``x`` has zero variance.
+    """
+    x = x.double()
+    num = (x - x_hat.double()).pow(2).sum()
+    den = (x - x.mean(dim=0)).pow(2).sum()
+    if x.shape[0] < 2 or den <= 0:
+        return float("nan")
+    return float(num / den)
+
+
+def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> float:
+    """``1 - fvu(x, x_hat)``."""
+    return 1.0 - fvu(x, x_hat)
+
+
+def cosine(x: torch.Tensor, x_hat: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Row-wise cosine similarity ``[N]`` of ``x`` and ``x_hat`` (``[N, d]``)."""
+    x, x_hat = x.double(), x_hat.double()
+    return (x * x_hat).sum(dim=1) / (x.norm(dim=1) * x_hat.norm(dim=1)).clamp_min(eps)
+
+
+def effective_units(values: torch.Tensor) -> torch.Tensor:
+    """Effective number of units ``(||z||_1 / ||z||_2)^2`` per row (SPEC sections 2 and 4).
+
+    Args:
+        values: ``[N, m]`` activations (sparse values ``[N, k]`` or dense codes
+            ``[N, d_sae]``; zeros do not count).
+    Returns:
+        ``[N]`` float; 0 for an all-zero row.
+    """
+    l1 = values.abs().sum(dim=1)
+    l2 = values.norm(dim=1)
+    safe = torch.where(l2 > 0, l2, torch.ones_like(l2))
+    return torch.where(l2 > 0, (l1 / safe).pow(2), torch.zeros_like(l2))
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
+    """Jensen-Shannon divergence in bits (base 2, so in [0, 1]) of two non-negative vectors.
+
+    Both are normalised to sum 1 first (SPEC section 4: firing-frequency
+    profiles). Returns NaN when either sums to zero.
+    """
+    p, q = torch.as_tensor(p).double(), torch.as_tensor(q).double()
+    if p.sum() <= 0 or q.sum() <= 0:
+        return float("nan")
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        mask = a > 0
+        return (a[mask] * (a[mask] / b[mask]).log2()).sum()
+
+    return float(0.5 * kl(p, m) + 0.5 * kl(q, m))
+
+
+def rankdata(x: torch.Tensor) -> torch.Tensor:
+    """Ranks 1..N with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    x = torch.as_tensor(x).double()
+    n = x.numel()
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty(n, dtype=torch.float64)
+    # Group equal values and give each group the mean of its positions.
+    new_group = torch.ones(n, dtype=torch.bool)
+    new_group[1:] = sorted_x[1:] != sorted_x[:-1]
+    group_id = torch.cumsum(new_group.long(), 0) - 1
+    positions = torch.arange(1, n + 1, dtype=torch.float64)
+    n_groups = int(group_id[-1]) + 1 if n else 0
+    sums = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group_id, positions)
+    counts = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, group_id, torch.ones(n, dtype=torch.float64))
+    ranks[order] = (sums / counts)[group_id]
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two equal-length vectors (average ranks for ties).
+
+    Returns NaN when either vector is constant or shorter than 2.
+    """
+    ra, rb = rankdata(a), rankdata(b)
+    if ra.numel() < 2:
+        return float("nan")
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = ra.norm() * rb.norm()
+    if den == 0:
+        return float("nan")
+    return float((ra * rb).sum() / den)
+
+
+def auroc(scores_neg: torch.Tensor, scores_pos: torch.Tensor) -> float:
+    """Area under the ROC curve for telling positives (e.g. OOD) from negatives (ID).
+
+    Equals P(score_pos > score_neg) + 0.5 P(tie) (the Mann-Whitney U statistic
+    divided by ``n_pos * n_neg``). NaN scores are dropped; returns NaN when a
+    side is empty.
+    """
+    neg = torch.as_tensor(scores_neg).double().flatten()
+    pos = torch.as_tensor(scores_pos).double().flatten()
+    neg, pos = neg[~neg.isnan()], pos[~pos.isnan()]
+    if neg.numel() == 0 or pos.numel() == 0:
+        return float("nan")
+    ranks = rankdata(torch.cat([neg, pos]))
+    n_pos, n_neg = pos.numel(), neg.numel()
+    u = ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def log10_histogram(freqs: torch.Tensor, bins: int = 30, low: float = -7.0) -> dict:
+    """Histogram of ``log10 f`` for alive latents (``f > 0``), in fixed bins from ``low`` to 0.
+
+    Returns ``{"edges": [bins + 1 floats], "counts": [bins ints], "dead": int}``;
+    frequencies below ``10**low`` land in the first bin.
+    """
+    f = torch.as_tensor(freqs).double()
+    alive = f[f > 0]
+    edges = torch.linspace(low, 0.0, bins + 1, dtype=torch.float64)
+    logf = alive.log10().clamp(min=low, max=0.0)
+    counts = torch.histc(logf, bins=bins, min=low, max=0.0) if alive.numel() else torch.zeros(bins)
+    return {
+        "edges": [round(float(e), 6) for e in edges],
+        "counts": [int(c) for c in counts],
+        "dead": int((f == 0).sum()),
+    }
+
+
+def nan_to_none(value: float) -> float | None:
+    """JSON has no NaN: map NaN and infinities to ``None``."""
+    return None if value is None or not math.isfinite(value) else float(value)

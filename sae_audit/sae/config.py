@@ -1,0 +1,124 @@
+"""The SAE configuration: a frozen dataclass that round-trips through JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from sae_audit.errors import SaeAuditError
+
+SAE_SCHEMA_VERSION = 1
+
+ARCHITECTURES = ("topk",)
+NORMALISATIONS = ("none", "scalar")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Everything needed to rebuild and interpret a Top-k SAE.
+
+    Attributes:
+        d_in: width of the activation vectors the SAE reads.
+        d_sae: number of latents (dictionary size).
+        k: training-time Top-k budget (latents kept per input).
+        architecture: ``"topk"`` (Gao et al. 2024, arXiv 2406.04093).
+        lambda_off: weight of the off-support L1 regulariser (arXiv 2606.27321); 0 disables it.
+        lambda_ratio: weight of the L1/L2-ratio regulariser (arXiv 2606.27321); 0 disables it.
+        aux_alpha: weight of the AuxK dead-latent loss (Gao et al.: 1/32).
+        k_aux: AuxK budget; ``None`` means ``min(512, d_in // 2)``.
+        dead_after: a latent is dead once it has not fired for this many training tokens.
+        normalisation: ``"none"`` or ``"scalar"``: inputs are multiplied by
+            ``norm_scale`` before encoding, chosen so that E||x|| = sqrt(d_in) on
+            the training data; outputs are divided by it again.
+        norm_scale: the scalar for ``"scalar"`` normalisation (1.0 otherwise).
+        model: the vision model the SAE was trained on (hub id or path).
+        model_revision: its revision (commit hash where known).
+        hook_point: where it reads the model, e.g. ``"block.6"``.
+        tokens: token set, one of ``cls``, ``patch``, ``mean``, ``all``.
+        image_size: the input resolution used in training (pixels), if fixed.
+        schema_version: version of this on-disk format.
+    """
+
+    d_in: int
+    d_sae: int
+    k: int
+    architecture: str = "topk"
+    lambda_off: float = 0.0
+    lambda_ratio: float = 0.0
+    aux_alpha: float = 1.0 / 32.0
+    k_aux: int | None = None
+    dead_after: int = 10_000_000
+    normalisation: str = "none"
+    norm_scale: float = 1.0
+    model: str | None = None
+    model_revision: str | None = None
+    hook_point: str | None = None
+    tokens: str | None = None
+    image_size: int | None = None
+    schema_version: int = SAE_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_sae", "k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise SaeAuditError(f"SAE config: {name} must be a positive integer, got {value!r}")
+        if self.k > self.d_sae:
+            raise SaeAuditError(f"SAE config: k={self.k} is larger than d_sae={self.d_sae}")
+        if self.architecture not in ARCHITECTURES:
+            raise SaeAuditError(
+                f"SAE config: architecture {self.architecture!r} is not supported "
+                f"(supported: {', '.join(ARCHITECTURES)})"
+            )
+        if self.normalisation not in NORMALISATIONS:
+            raise SaeAuditError(
+                f"SAE config: normalisation {self.normalisation!r} must be one of {NORMALISATIONS}"
+            )
+        for name in ("lambda_off", "lambda_ratio", "aux_alpha"):
+            if getattr(self, name) < 0:
+                raise SaeAuditError(f"SAE config: {name} must be >= 0")
+        if not self.norm_scale > 0:
+            raise SaeAuditError("SAE config: norm_scale must be > 0")
+        if self.schema_version > SAE_SCHEMA_VERSION:
+            raise SaeAuditError(
+                f"SAE config has schema_version {self.schema_version}, newer than this "
+                f"sae-audit understands ({SAE_SCHEMA_VERSION}); upgrade sae-audit"
+            )
+
+    @property
+    def expansion(self) -> float:
+        return self.d_sae / self.d_in
+
+    @property
+    def k_aux_effective(self) -> int:
+        return self.k_aux if self.k_aux is not None else min(512, max(1, self.d_in // 2))
+
+    @property
+    def variant(self) -> str:
+        """Short human label: ``fixed-k``, ``off-L1``, ``L1/L2`` or ``off-L1+L1/L2``."""
+        parts = []
+        if self.lambda_off > 0:
+            parts.append("off-L1")
+        if self.lambda_ratio > 0:
+            parts.append("L1/L2")
+        return "+".join(parts) if parts else "fixed-k"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
+        """Build a config from a dict, refusing unknown or missing keys."""
+        if not isinstance(data, dict):
+            raise SaeAuditError("SAE config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SaeAuditError(f"SAE config has unknown keys: {', '.join(unknown)}")
+        missing = [n for n in ("d_in", "d_sae", "k") if n not in data]
+        if missing:
+            raise SaeAuditError(f"SAE config is missing required keys: {', '.join(missing)}")
+        return cls(**data)

@@ -1,0 +1,185 @@
+"""Saving and loading SAEs: the native folder format and ``load_sae``.
+
+Native format (schema version in ``config.json``)::
+
+    SAE_DIR/
+      config.json          SAEConfig as JSON (architecture, d_in, d_sae, k,
+                           lambdas, hook point, token set, model, normalisation,
+                           schema_version)
+      model.safetensors    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], float32
+      README.md            optional model card written by training
+
+Readers for other formats plug in through :data:`FORMAT_READERS`: each is a
+``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sae_audit.errors import SaeAuditError
+from sae_audit.sae.config import SAEConfig
+from sae_audit.sae.topk import TopKSAE
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+class FormatReader(NamedTuple):
+    name: str
+    detect: Callable[[Path], bool]
+    read: Callable[[Path], TopKSAE]
+
+
+def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``sae`` to ``out_dir`` in the native format, atomically.
+
+    The folder is written under a temporary name beside ``out_dir`` and renamed
+    into place, so an interrupted save never leaves a half-written SAE.
+
+    Raises:
+        SaeAuditError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
+    """
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SaeAuditError(f"{out} already exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / CONFIG_NAME).write_text(sae.config.to_json() + "\n")
+        tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in PARAM_NAMES}
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "sae-audit"})
+        if readme is not None:
+            (tmp / "README.md").write_text(readme)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _is_native(folder: Path) -> bool:
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).exists():
+        return False
+    try:
+        cfg = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "d_sae" in cfg and "architecture" in cfg
+
+
+def _read_native(folder: Path) -> TopKSAE:
+    try:
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+    except ValueError as exc:
+        raise SaeAuditError(f"{folder / CONFIG_NAME} is not valid JSON: {exc}") from None
+    config = SAEConfig.from_dict(raw)
+    try:
+        tensors = load_file(str(folder / WEIGHTS_NAME))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise SaeAuditError(
+            f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({exc}); "
+            "sae-audit never unpickles weights"
+        ) from None
+    expected = {
+        "W_enc": (config.d_in, config.d_sae),
+        "b_enc": (config.d_sae,),
+        "W_dec": (config.d_sae, config.d_in),
+        "b_dec": (config.d_in,),
+    }
+    missing = [n for n in expected if n not in tensors]
+    if missing:
+        raise SaeAuditError(f"{folder / WEIGHTS_NAME} lacks tensors: {', '.join(missing)}")
+    sae = TopKSAE(config, seed=None)
+    for name, shape in expected.items():
+        t = tensors[name]
+        if tuple(t.shape) != shape:
+            raise SaeAuditError(
+                f"{folder / WEIGHTS_NAME}: {name} has shape {list(t.shape)}, config says {list(shape)}"
+            )
+        if not t.is_floating_point():
+            raise SaeAuditError(f"{folder / WEIGHTS_NAME}: {name} has dtype {t.dtype}, expected a float type")
+        if not torch.isfinite(t).all():
+            raise SaeAuditError(f"{folder / WEIGHTS_NAME}: {name} contains NaN or infinite values")
+        getattr(sae, name).data.copy_(t.to(torch.float32))
+    return sae
+
+
+FORMAT_READERS: list[FormatReader] = [FormatReader("native", _is_native, _read_native)]
+
+
+def _resolve_hub(spec: str, revision: str | None) -> Path:
+    """Download (or find in the cache) ``org/name[/subfolder...]`` through huggingface_hub."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    parts = spec.strip("/").split("/")
+    repo_id, sub = "/".join(parts[:2]), "/".join(parts[2:])
+    patterns = [f"{sub}/*"] if sub else None
+    try:
+        root = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except LocalEntryNotFoundError:
+        raise SaeAuditError(
+            f"SAE {spec!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            "(HF_HUB_OFFLINE is set or there is no network); pass a local folder instead"
+        ) from None
+    except (RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise SaeAuditError(f"could not fetch SAE {spec!r} from the hub: {exc}") from None
+    folder = root / sub if sub else root
+    if not folder.is_dir():
+        raise SaeAuditError(f"hub repository {repo_id!r} has no folder {sub!r}")
+    return folder
+
+
+def resolve_sae_folder(spec: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local folder for ``spec``: the folder itself, or a hub snapshot of ``org/name[/subfolder]``."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SaeAuditError(f"SAE {str(spec)!r} is a file; pass the folder that holds config.json")
+    text = str(spec)
+    if text.startswith((".", "/", "~")) or text.count("/") < 1:
+        raise SaeAuditError(f"SAE folder {text!r} does not exist")
+    return _resolve_hub(text, revision)
+
+
+def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str | torch.device = "cpu") -> TopKSAE:
+    """Load an SAE from a folder, a hub id, or ``hub_id/subfolder``.
+
+    Args:
+        spec: a local folder, ``org/name`` or ``org/name/sub/folder`` on the hub
+            (through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from a
+            warm cache).
+        revision: hub revision (branch, tag or commit hash) to pin.
+        device: where to put the weights.
+    Returns:
+        A :class:`TopKSAE` in eval mode, float32.
+    Raises:
+        SaeAuditError: missing folder or repository, unknown format, inconsistent
+            config or weights (wrong shapes, NaN, non-float, pickle files).
+    """
+    folder = resolve_sae_folder(spec, revision)
+    for reader in FORMAT_READERS:
+        if reader.detect(folder):
+            sae = reader.read(folder)
+            sae.source = str(spec)  # type: ignore[attr-defined]
+            return sae.to(device).eval()
+    names = sorted(p.name for p in folder.iterdir())[:10]
+    raise SaeAuditError(
+        f"{folder} is not an SAE folder sae-audit can read (found: {', '.join(names) or 'nothing'}); "
+        f"known formats: {', '.join(r.name for r in FORMAT_READERS)}"
+    )
