@@ -1,0 +1,140 @@
+"""Image sets: folders, IDX files and built-in demo sets, and batching them.
+
+Entry point: :func:`open_image_set` turns a user's spec (a named set such as
+``fashion-mnist:test``, a folder, or an IDX images file) into an
+:class:`ImageSet`; :func:`iter_batches` decodes it in batches through the
+model's preprocessing, skipping (and recording) unreadable images.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sae_audit.data.base import (
+    ImageSet,
+    Subset,
+    UnreadableImageError,
+    subsample,
+    to_rgb,
+)
+from sae_audit.data.demo import DEMO_SETS, DigitsSet, SklearnDigitsSet, open_demo_set
+from sae_audit.data.folder import IMAGE_EXTENSIONS, ImageFolderSet
+from sae_audit.data.idx import IdxSet, read_idx
+from sae_audit.data.loader import Batch, BatchIterator, iter_batches
+from sae_audit.errors import SaeAuditError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "NAMED_SETS",
+    "Batch",
+    "BatchIterator",
+    "DigitsSet",
+    "IdxSet",
+    "ImageFolderSet",
+    "ImageSet",
+    "SklearnDigitsSet",
+    "Subset",
+    "UnreadableImageError",
+    "find_idx_labels",
+    "iter_batches",
+    "list_named_sets",
+    "open_image_set",
+    "read_idx",
+    "subsample",
+    "to_rgb",
+]
+
+#: Named image sets: name -> one-line description (see :mod:`sae_audit.data.demo`).
+NAMED_SETS: dict[str, str] = {name: f"{d.description} ({d.package})" for name, d in DEMO_SETS.items()}
+
+
+def list_named_sets() -> list[str]:
+    """The names accepted by :func:`open_image_set` besides paths, in a fixed order."""
+    return list(NAMED_SETS)
+
+
+# "<prefix>-images-idx3-ubyte[.gz]" (Fashion-MNIST) or "<prefix>-images.idx3-ubyte" (MNIST).
+_IDX_IMAGES_RE = re.compile(r"^(?P<prefix>.*)images(?P<sep>[-.])idx[34]-ubyte(?P<gz>\.gz)?$")
+
+
+def find_idx_labels(images_path: str | os.PathLike[str]) -> Path | None:
+    """The labels file next to an IDX images file, if it follows MNIST naming.
+
+    ``X-images-idx3-ubyte[.gz]`` -> ``X-labels-idx1-ubyte[.gz]`` (also
+    ``X-images.idx3-ubyte`` -> ``X-labels.idx1-ubyte``), trying the same
+    compression first, then the other. Returns ``None`` when the name does not
+    follow that pattern or no such file exists.
+    """
+    p = Path(images_path)
+    m = _IDX_IMAGES_RE.match(p.name)
+    if m is None:
+        return None
+    stem = f"{m['prefix']}labels{m['sep']}idx1-ubyte"
+    order = [".gz", ""] if m["gz"] else ["", ".gz"]
+    for suffix in order:
+        cand = p.with_name(stem + suffix)
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _looks_like_idx(path: Path) -> bool:
+    if _IDX_IMAGES_RE.match(path.name) or "idx" in path.name.lower():
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and head[:3] == b"\x00\x00\x08" and head[3] in (3, 4)
+
+
+def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, seed: int = 0) -> ImageSet:
+    """Open an image set from a user's spec.
+
+    ``spec`` is tried in this order:
+
+    1. a name in :data:`NAMED_SETS` (``fashion-mnist:test``, ``digits``, ...);
+       to open a folder that has such a name, write it as a path (``./digits``);
+    2. a folder: :class:`ImageFolderSet` (class = first-level subfolder);
+    3. an IDX images file (``.gz`` or raw): :class:`IdxSet`, with the labels
+       file found next to it by :func:`find_idx_labels` (unlabeled if none).
+
+    Args:
+        spec: the name or path (``~`` is expanded).
+        max_images: keep a fixed pseudo-random subset of at most this many
+            images (:func:`subsample`); ``None`` keeps all.
+        seed: the subsample's seed.
+
+    Returns:
+        An :class:`ImageSet` (a :class:`Subset` when subsampled).
+
+    Raises:
+        SaeAuditError: unknown name that is not an existing path (the message
+            lists the known names); a file that is not an IDX images file; the
+            errors of the set's constructor (empty folder, corrupt IDX,
+            missing package, ...); ``max_images < 1``.
+    """
+    text = os.fspath(spec)
+    if text in DEMO_SETS:
+        image_set = open_demo_set(text)
+    else:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            image_set = ImageFolderSet(path)
+        elif path.is_file():
+            if not _looks_like_idx(path):
+                raise SaeAuditError(
+                    f"{text!r} is a file but not an IDX images file; pass a folder of images, "
+                    f"an IDX file, or one of the named sets: {', '.join(NAMED_SETS)}"
+                )
+            image_set = IdxSet(path, find_idx_labels(path))
+        else:
+            known = "\n".join(f"  {name}: {desc}" for name, desc in NAMED_SETS.items())
+            raise SaeAuditError(
+                f"image set {text!r} is neither a known name nor an existing folder or file.\n"
+                f"Known image sets:\n{known}"
+            )
+    return subsample(image_set, max_images, seed=seed)

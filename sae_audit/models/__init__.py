@@ -1,0 +1,25 @@
+"""Load HF vision models and read their block outputs (hook points, SPEC section 3).
+
+Public API:
+
+- :func:`load_vision_model` -> :class:`VisionModel` (model + processor + layout);
+- :func:`capture` block outputs ``[B, T, d_model]``, stopping the forward early;
+- :func:`select_tokens` a token set (``cls``/``patch``/``mean``/``all``);
+- :class:`TokenLayout`, :func:`adapter_for` (per-family knowledge), :class:`HookPoint`.
+"""
+
+from sae_audit.models.adapters import SUPPORTED_FAMILIES, TokenLayout, adapter_for
+from sae_audit.models.capture import capture, select_tokens
+from sae_audit.models.hookpoint import HookPoint
+from sae_audit.models.loading import VisionModel, load_vision_model
+
+__all__ = [
+    "SUPPORTED_FAMILIES",
+    "HookPoint",
+    "TokenLayout",
+    "VisionModel",
+    "adapter_for",
+    "capture",
+    "load_vision_model",
+    "select_tokens",
+]

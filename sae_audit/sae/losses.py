@@ -51,6 +51,17 @@ def batch_active(indices: torch.Tensor) -> torch.Tensor:
     return torch.unique(indices)
 
 
+def _active_relu(pre_acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``relu(h)`` with every column outside the batch-active set A zeroed: ``[B, d_sae]``.
+
+    Zeros change neither an L1 nor an L2 norm, so sums over this matrix are sums
+    over A without gathering its columns.
+    """
+    active = torch.zeros(pre_acts.shape[1], dtype=pre_acts.dtype, device=pre_acts.device)
+    active[indices.reshape(-1)] = 1.0
+    return torch.relu(pre_acts) * active
+
+
 def off_support_l1(pre_acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """Off-support L1 (arXiv 2606.27321): ``mean_i sum_{j in A, j not in S_i} relu(h_ij)``.
 
@@ -59,14 +70,16 @@ def off_support_l1(pre_acts: torch.Tensor, indices: torch.Tensor) -> torch.Tenso
     outside A get no penalty (they receive no reconstruction gradient, and
     penalising them would push them towards death).
 
+    Computed as ``sum_{j in A} relu(h_ij) - sum_{j in S_i} relu(h_ij)`` (S_i is a
+    subset of A).
+
     Args:
         pre_acts: ``[B, d_sae]`` pre-activations h (before Top-k).
         indices: ``[B, k]`` Top-k indices S_i.
     """
-    active = batch_active(indices)
-    p = torch.relu(pre_acts[:, active])
-    selected = selection_mask(indices, pre_acts.shape[1])[:, active]
-    return (p * (~selected)).sum(dim=1).mean()
+    on_active = _active_relu(pre_acts, indices).sum(dim=1)
+    on_support = torch.relu(pre_acts.gather(1, indices)).sum(dim=1)
+    return (on_active - on_support).mean()
 
 
 def l1_l2_ratio(pre_acts: torch.Tensor, indices: torch.Tensor, eps: float = RATIO_EPS) -> torch.Tensor:
@@ -79,7 +92,7 @@ def l1_l2_ratio(pre_acts: torch.Tensor, indices: torch.Tensor, eps: float = RATI
         pre_acts: ``[B, d_sae]`` pre-activations h.
         indices: ``[B, k]`` Top-k indices (they define A).
     """
-    p = torch.relu(pre_acts[:, batch_active(indices)])
+    p = _active_relu(pre_acts, indices)
     return (p.sum(dim=1) / (p.norm(dim=1) + eps)).mean()
 
 

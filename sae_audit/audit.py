@@ -1,0 +1,195 @@
+"""One audit: images -> model -> hook points -> SAEs -> suites -> results dict.
+
+:func:`run_audit` is the library entry point behind ``sae-audit run``. It reads
+each image set once, captures every hook point any SAE needs in one forward
+pass per batch (stopped after the deepest hooked block), encodes with every
+SAE, and streams the codes into per-(SAE, dataset) accumulators. The returned
+dict is the ``results.json`` document (see :mod:`sae_audit.report.results`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sae_audit.data import ImageSet, iter_batches
+from sae_audit.errors import SaeAuditError
+from sae_audit.models import HookPoint, VisionModel, capture, select_tokens
+from sae_audit.sae import TopKSAE
+from sae_audit.suites.base import SuiteBatch
+from sae_audit.suites.coverage import CoverageAccumulator, compare
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Settings of one audit run.
+
+    Attributes:
+        batch_size: images per forward pass.
+        dense_threshold: a latent firing on more than this fraction of inputs is *dense*.
+        strict: an unreadable image is an error instead of being skipped and counted.
+        max_images: cap per image set (fixed pseudo-random subset), recorded for provenance.
+        seed: the subset's seed.
+    """
+
+    batch_size: int = 32
+    dense_threshold: float = 0.1
+    strict: bool = False
+    max_images: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class AuditedSAE:
+    """An SAE with where it reads the model, as the audit uses it."""
+
+    spec: str
+    sae: TopKSAE
+    hook_point: HookPoint
+    label: str
+
+
+def sae_hook_point(sae: TopKSAE, hook: str | None = None, tokens: str | None = None) -> HookPoint:
+    """The hook point of ``sae``: from its config, or from ``hook``/``tokens`` when it records none.
+
+    Raises:
+        SaeAuditError: neither the SAE config nor the caller names a hook point,
+            or they disagree.
+    """
+    cfg = sae.config
+    if hook is not None and cfg.hook_point is not None and HookPoint.parse(hook).block != HookPoint.parse(cfg.hook_point).block:
+        raise SaeAuditError(f"--hook {hook} contradicts the SAE's own hook point {cfg.hook_point}")
+    text = hook or cfg.hook_point
+    if text is None:
+        raise SaeAuditError("the SAE does not record its hook point; pass --hook block.L")
+    return HookPoint.parse(text, tokens or cfg.tokens or "patch")
+
+
+def check_compatible(vm: VisionModel, item: AuditedSAE) -> None:
+    """Raise :class:`SaeAuditError` if ``item`` cannot read ``vm`` (depth or width mismatch)."""
+    if item.hook_point.block >= vm.num_blocks:
+        raise SaeAuditError(
+            f"SAE {item.spec}: hook point {item.hook_point.name} is past the model's depth "
+            f"({vm.num_blocks} blocks: block.0 .. block.{vm.num_blocks - 1})"
+        )
+    if item.sae.d_in != vm.d_model:
+        raise SaeAuditError(
+            f"SAE {item.spec} has d_in={item.sae.d_in} but {vm.name} produces activations of width "
+            f"{vm.d_model} at {item.hook_point.name}; use an SAE trained on this model"
+        )
+    if item.hook_point.tokens == "cls" and not vm.layout.has_cls:
+        raise SaeAuditError(f"{vm.name} ({vm.family}) has no CLS token; use --tokens patch or mean")
+
+
+@torch.no_grad()
+def audit_image_set(
+    vm: VisionModel,
+    saes: list[AuditedSAE],
+    image_set: ImageSet,
+    config: AuditConfig,
+    progress: bool = True,
+) -> tuple[list[CoverageAccumulator], dict]:
+    """Stream one image set through the model and every SAE.
+
+    Returns one coverage accumulator per SAE and a dict describing the set as
+    read (size, images used, skipped images with reasons).
+    """
+    accs = [
+        CoverageAccumulator(s.sae.d_sae, s.sae.d_in, s.sae.k, config.dense_threshold) for s in saes
+    ]
+    hook_points = sorted({s.hook_point.name for s in saes})
+    it = iter_batches(
+        image_set,
+        vm.preprocess,
+        config.batch_size,
+        strict=config.strict,
+        progress=image_set.name if progress else None,
+    )
+    n_images = 0
+    for batch in it:
+        acts = capture(vm, batch.pixel_values, [HookPoint.parse(h) for h in hook_points])
+        n_images += batch.pixel_values.shape[0]
+        for item, acc in zip(saes, accs):
+            sel = select_tokens(acts[item.hook_point.name], item.hook_point.tokens, vm.layout)
+            n_tok = sel.shape[1]
+            x = sel.reshape(-1, sel.shape[-1]).float()
+            image_index = batch.indices.repeat_interleave(n_tok)
+            labels = batch.labels.repeat_interleave(n_tok)
+            finite = torch.isfinite(x).all(dim=1)
+            n_bad = int((~finite).sum())
+            if n_bad:
+                x, image_index, labels = x[finite], image_index[finite], labels[finite]
+            x = x.to(item.sae.W_enc.device)
+            codes = item.sae.encode(x)
+            x_hat = item.sae.decode(codes)
+            acc.accumulate(
+                SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad)
+            )
+    description = dict(image_set.describe())
+    description.update(
+        {
+            "n_images": n_images,
+            "n_skipped": len(it.skipped),
+            "skipped": [{"item": str(a), "reason": str(b)} for a, b in it.skipped[:20]],
+        }
+    )
+    if n_images == 0:
+        raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
+    return accs, description
+
+
+def run_audit(
+    vm: VisionModel,
+    saes: list[AuditedSAE],
+    id_set: ImageSet,
+    ood_sets: list[ImageSet],
+    config: AuditConfig = AuditConfig(),
+    progress: bool = True,
+) -> dict:
+    """Run the coverage suite of every SAE on the ID set and each OOD set.
+
+    Returns the results document (``schema_version``, ``model``, ``datasets``,
+    ``saes`` with per-dataset metrics and per-ID/OOD-pair comparisons).
+
+    Raises:
+        SaeAuditError: no SAE, an SAE incompatible with the model, duplicate set
+            names, an empty or unreadable image set.
+    """
+    from sae_audit.report.results import build_results
+
+    if not saes:
+        raise SaeAuditError("no SAE to audit: pass at least one --sae")
+    if not ood_sets:
+        raise SaeAuditError("no OOD image set: pass at least one --ood")
+    for item in saes:
+        check_compatible(vm, item)
+    names = [id_set.name] + [s.name for s in ood_sets]
+    if len(set(names)) != len(names):
+        raise SaeAuditError(f"image set names must differ, got {names}")
+
+    per_sae: list[dict] = [{} for _ in saes]
+    datasets = []
+    for role, image_set in [("id", id_set)] + [("ood", s) for s in ood_sets]:
+        accs, desc = audit_image_set(vm, saes, image_set, config, progress)
+        desc["role"] = role
+        datasets.append(desc)
+        for store, acc in zip(per_sae, accs):
+            store[image_set.name] = acc.finish()
+
+    sae_entries = []
+    for item, stats in zip(saes, per_sae):
+        pairs = [
+            {"id": id_set.name, "ood": s.name, **compare(stats[id_set.name], stats[s.name])} for s in ood_sets
+        ]
+        sae_entries.append(
+            {
+                "spec": item.spec,
+                "label": item.label,
+                "hook_point": str(item.hook_point),
+                "config": item.sae.config.to_dict(),
+                "datasets": stats,
+                "pairs": pairs,
+            }
+        )
+    return build_results(vm, datasets, sae_entries, settings=asdict(config))

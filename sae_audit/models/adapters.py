@@ -1,0 +1,302 @@
+"""One small adapter per supported model family.
+
+An adapter knows, for one HF transformers vision family, where the list of
+transformer blocks lives, how the token sequence is laid out (CLS? registers?
+patches), which extra forward arguments are needed for a non-native input
+resolution, and how the family defines its pooled image embedding.
+
+Supported families (``adapter_for`` refuses anything else with
+:class:`~sae_audit.errors.SaeAuditError`):
+
+=========================  =====================================  ==========================
+family                     transformers class                     token layout
+=========================  =====================================  ==========================
+``vit``                    ``ViTModel`` (also from                CLS, patches
+                           ``ViTForImageClassification`` ckpts)
+``dinov2``                 ``Dinov2Model``                        CLS, patches
+``dinov2_with_registers``  ``Dinov2WithRegistersModel``           CLS, registers, patches
+``clip``                   ``CLIPVisionModel`` (also from a       CLS, patches
+                           full ``CLIPModel`` checkpoint)
+``siglip``                 ``SiglipVisionModel`` (also from a     patches only (no CLS)
+                           full ``SiglipModel`` checkpoint)
+=========================  =====================================  ==========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sae_audit.errors import SaeAuditError
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How a family lays out its token sequence: ``[CLS?] [registers...] [patches...]``.
+
+    ``has_cls``: whether token 0 is a CLS token. ``n_registers``: register
+    tokens right after the CLS token (DINOv2 with registers), 0 otherwise.
+    """
+
+    has_cls: bool
+    n_registers: int = 0
+
+    @property
+    def n_prefix(self) -> int:
+        """Number of non-patch tokens before the first patch token."""
+        return int(self.has_cls) + self.n_registers
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class FamilyAdapter:
+    """Base adapter. Subclasses set the class attributes; methods are shared.
+
+    Attributes:
+        family: the family name used across sae-audit (``"vit"``, ...).
+        model_types: ``config.model_type`` values that map to this family
+            (both the vision-only and the full multimodal config, where any).
+        block_paths: attribute paths tried in order to find the
+            ``nn.ModuleList`` of transformer blocks (covers transformers 4 and
+            5 layouts and the wrappers ``ViTForImageClassification``,
+            ``CLIPModel``, ``SiglipModel``).
+        interpolates_always: the family interpolates position embeddings on
+            its own for any input size (DINOv2); otherwise the forward needs
+            ``interpolate_pos_encoding=True`` away from ``config.image_size``.
+    """
+
+    family: ClassVar[str] = ""
+    model_types: ClassVar[tuple[str, ...]] = ()
+    block_paths: ClassVar[tuple[str, ...]] = ()
+    interpolates_always: ClassVar[bool] = False
+
+    # -- classes ---------------------------------------------------------------
+    def model_class(self) -> type[nn.Module]:
+        """The transformers class that holds the vision tower of this family."""
+        raise NotImplementedError
+
+    # -- config ----------------------------------------------------------------
+    def vision_config(self, config: Any) -> Any:
+        """The vision part of ``config`` (``config.vision_config`` for full CLIP/SigLIP)."""
+        return getattr(config, "vision_config", None) or config
+
+    def layout(self, config: Any) -> TokenLayout:
+        return TokenLayout(has_cls=True, n_registers=0)
+
+    def num_blocks(self, config: Any) -> int:
+        return int(self.vision_config(config).num_hidden_layers)
+
+    def d_model(self, config: Any) -> int:
+        return int(self.vision_config(config).hidden_size)
+
+    def patch_size(self, config: Any) -> int:
+        ps = self.vision_config(config).patch_size
+        return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+    def native_image_size(self, config: Any) -> int:
+        size = self.vision_config(config).image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    # -- model -----------------------------------------------------------------
+    def blocks(self, model: nn.Module) -> nn.ModuleList:
+        """The ``nn.ModuleList`` of transformer blocks of ``model`` (block 0 first).
+
+        Raises :class:`SaeAuditError` if none of ``block_paths`` exists.
+        """
+        for path in self.block_paths:
+            try:
+                mods = _get_path(model, path)
+            except AttributeError:
+                continue
+            if isinstance(mods, nn.ModuleList):
+                return mods
+        raise SaeAuditError(
+            f"cannot find the transformer blocks of this {type(model).__name__} "
+            f"(family {self.family!r}; tried {', '.join(self.block_paths)}); "
+            "this transformers version may lay the model out differently"
+        )
+
+    def forward_kwargs(self, model: nn.Module, pixel_values: torch.Tensor) -> dict[str, Any]:
+        """Extra keyword arguments for ``model(pixel_values=..., **kw)``.
+
+        ``interpolate_pos_encoding=True`` when the input ``[B, C, H, W]`` is not
+        the checkpoint's native ``config.image_size`` square (ViT, CLIP, SigLIP).
+        """
+        if self.interpolates_always:
+            return {}
+        h, w = pixel_values.shape[-2:]
+        native = self.native_image_size(model.config)
+        if (h, w) != (native, native):
+            return {"interpolate_pos_encoding": True}
+        return {}
+
+    def vision_module(self, model: nn.Module) -> nn.Module:
+        """The vision tower inside ``model`` (itself unless it wraps one)."""
+        return model
+
+    def pooled(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled image embedding ``[B, d_model]`` (dtype of the model), no grad.
+
+        Used as a "judge" embedding. Default: ``pooler_output`` of the family's
+        forward (see each subclass for what that is).
+        """
+        vm = self.vision_module(model)
+        with torch.inference_mode():
+            out = vm(pixel_values=pixel_values, **self.forward_kwargs(vm, pixel_values))
+        return out.pooler_output
+
+
+class ViTAdapter(FamilyAdapter):
+    """ViT (Dosovitskiy et al. 2021). Pooled = CLS after the final layernorm.
+
+    (Not ``ViTModel.pooler_output``: that dense+tanh pooler is absent or
+    untrained in many checkpoints, e.g. those saved by ``ViTForImageClassification``.)
+    """
+
+    family = "vit"
+    model_types = ("vit",)
+    block_paths = ("layers", "encoder.layer", "vit.layers", "vit.encoder.layer")
+
+    def model_class(self) -> type[nn.Module]:
+        from transformers import ViTModel
+
+        return ViTModel
+
+    def vision_module(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "vit", model)
+
+    def pooled(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        vm = self.vision_module(model)
+        with torch.inference_mode():
+            out = vm(pixel_values=pixel_values, **self.forward_kwargs(vm, pixel_values))
+        return out.last_hidden_state[:, 0]
+
+
+class Dinov2Adapter(FamilyAdapter):
+    """DINOv2 (Oquab et al. 2023). Pooled = ``pooler_output`` = CLS after the final layernorm."""
+
+    family = "dinov2"
+    model_types = ("dinov2",)
+    block_paths = ("encoder.layer", "dinov2.encoder.layer")
+    interpolates_always = True
+
+    def model_class(self) -> type[nn.Module]:
+        from transformers import Dinov2Model
+
+        return Dinov2Model
+
+    def vision_module(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "dinov2", model)
+
+
+class Dinov2WithRegistersAdapter(Dinov2Adapter):
+    """DINOv2 with registers (Darcet et al. 2024): CLS, ``num_register_tokens`` registers, patches."""
+
+    family = "dinov2_with_registers"
+    model_types = ("dinov2_with_registers",)
+    block_paths = ("encoder.layer", "dinov2_with_registers.encoder.layer")
+
+    def model_class(self) -> type[nn.Module]:
+        from transformers import Dinov2WithRegistersModel
+
+        return Dinov2WithRegistersModel
+
+    def layout(self, config: Any) -> TokenLayout:
+        return TokenLayout(has_cls=True, n_registers=int(self.vision_config(config).num_register_tokens))
+
+    def vision_module(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "dinov2_with_registers", model)
+
+
+class ClipAdapter(FamilyAdapter):
+    """CLIP vision tower (Radford et al. 2021). Pooled = ``pooler_output`` = CLS after ``post_layernorm``
+
+    (before the visual projection).
+    """
+
+    family = "clip"
+    model_types = ("clip_vision_model", "clip")
+    block_paths = (
+        "encoder.layers",
+        "vision_model.encoder.layers",
+        "vision_model.vision_model.encoder.layers",
+    )
+
+    def model_class(self) -> type[nn.Module]:
+        from transformers import CLIPVisionModel
+
+        return CLIPVisionModel
+
+    def vision_module(self, model: nn.Module) -> nn.Module:
+        return getattr(model, "vision_model", model) if hasattr(model, "text_model") else model
+
+
+class SiglipAdapter(ClipAdapter):
+    """SigLIP vision tower (Zhai et al. 2023): no CLS token, every token is a patch.
+
+    Pooled = ``pooler_output`` of the multihead attention-pooling head; a
+    checkpoint without the head (``vision_use_head=False``) falls back to the
+    mean of the final (post-layernorm) tokens.
+    """
+
+    family = "siglip"
+    model_types = ("siglip_vision_model", "siglip")
+
+    def model_class(self) -> type[nn.Module]:
+        from transformers import SiglipVisionModel
+
+        return SiglipVisionModel
+
+    def layout(self, config: Any) -> TokenLayout:
+        return TokenLayout(has_cls=False, n_registers=0)
+
+    def pooled(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        vm = self.vision_module(model)
+        with torch.inference_mode():
+            out = vm(pixel_values=pixel_values, **self.forward_kwargs(vm, pixel_values))
+        if out.pooler_output is not None:
+            return out.pooler_output
+        return out.last_hidden_state.mean(dim=1)
+
+
+ADAPTERS: dict[str, FamilyAdapter] = {
+    a.family: a
+    for a in (ViTAdapter(), Dinov2Adapter(), Dinov2WithRegistersAdapter(), ClipAdapter(), SiglipAdapter())
+}
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(ADAPTERS)
+_BY_MODEL_TYPE: dict[str, FamilyAdapter] = {mt: a for a in ADAPTERS.values() for mt in a.model_types}
+
+
+def adapter_for(model_or_config: Any) -> FamilyAdapter:
+    """The adapter for a model, a transformers config, a ``model_type`` or a family name.
+
+    Accepts an ``nn.Module`` with ``.config``, a ``PretrainedConfig`` (or
+    anything with ``model_type``), or a string (family name or
+    ``config.model_type``). Raises :class:`SaeAuditError` listing the supported
+    families when the family is not supported.
+    """
+    if isinstance(model_or_config, str):
+        key = model_or_config
+    else:
+        config = getattr(model_or_config, "config", model_or_config)
+        key = getattr(config, "model_type", None)
+        if key is None:
+            raise SaeAuditError(
+                f"cannot tell the model family of {type(model_or_config).__name__}: it has no "
+                f"config.model_type; supported families: {', '.join(SUPPORTED_FAMILIES)}"
+            )
+    adapter = ADAPTERS.get(key) or _BY_MODEL_TYPE.get(key)
+    if adapter is None:
+        raise SaeAuditError(
+            f"unsupported model family {key!r}; supported families: {', '.join(SUPPORTED_FAMILIES)} "
+            "(transformers classes ViTModel, Dinov2Model, Dinov2WithRegistersModel, "
+            "CLIPVisionModel, SiglipVisionModel)"
+        )
+    return adapter

@@ -1,0 +1,326 @@
+"""Load a HF transformers vision model of a supported family, ready for capture.
+
+``load_vision_model`` accepts a local folder written by ``save_pretrained``
+(``config.json`` plus weights and ``preprocessor_config.json``) or a Hugging
+Face hub id, resolved through huggingface_hub's cache (``HF_HUB_CACHE``;
+``HF_HUB_OFFLINE=1`` works from a warm cache). ``trust_remote_code`` stays off
+unless the caller passes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sae_audit.errors import SaeAuditError
+from sae_audit.models.adapters import TokenLayout, adapter_for, FamilyAdapter
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+_COMMIT_RE = re.compile(r"snapshots[/\\]([0-9a-f]{40})[/\\]")
+
+
+@dataclass
+class VisionModel:
+    """A loaded vision model plus what sae-audit needs to know about it.
+
+    Attributes:
+        model: the transformers module, eval mode, every parameter
+            ``requires_grad=False``.
+        processor: the model's own HF image processor (PIL backend without
+            torchvision), configured for ``image_size`` when one was asked for.
+        family: ``"vit"``, ``"dinov2"``, ``"dinov2_with_registers"``,
+            ``"clip"`` or ``"siglip"``.
+        name: what the caller passed (hub id or folder).
+        revision: the resolved 40-hex commit hash for hub ids, else the
+            requested revision (or ``None``) for local folders.
+        device, dtype: where the weights live.
+        num_blocks, d_model: depth and residual width.
+        layout: the token layout (CLS? registers?).
+        patch_size: pixels per patch side.
+        image_size: side of the square the processor produces (pixels); the
+            token count is ``layout.n_prefix + (image_size // patch_size) ** 2``.
+    """
+
+    model: nn.Module = field(repr=False)
+    processor: Any = field(repr=False)
+    family: str
+    name: str
+    revision: str | None
+    device: torch.device
+    dtype: torch.dtype
+    num_blocks: int
+    d_model: int
+    layout: TokenLayout
+    patch_size: int
+    image_size: int
+    adapter: FamilyAdapter = field(repr=False, default=None)  # type: ignore[assignment]
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per image, ``n_prefix + n_patches``."""
+        return self.layout.n_prefix + (self.image_size // self.patch_size) ** 2
+
+    def preprocess(self, images: list) -> torch.Tensor:
+        """PIL images -> ``pixel_values [B, 3, image_size, image_size]`` on ``device`` in ``dtype``.
+
+        Images are converted to RGB first. Raises :class:`SaeAuditError` on an
+        empty list.
+        """
+        images = list(images)
+        if not images:
+            raise SaeAuditError("preprocess got no images")
+        images = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
+        pv = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        return pv.to(device=self.device, dtype=self.dtype)
+
+    def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pooled ("judge") embedding ``[B, d_model]`` as the family defines it (see adapters)."""
+        pv = pixel_values.to(device=self.device, dtype=self.dtype)
+        return self.adapter.pooled(self.model, pv)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    text = str(device)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise SaeAuditError(
+                f"device {text!r} asked for but CUDA is not available here; use device='cpu' or 'auto'"
+            )
+        return torch.device(text)
+    raise SaeAuditError(f"unknown device {text!r}: choose one of {', '.join(DEVICES)} (or 'cuda:N')")
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+        raise SaeAuditError(f"unsupported dtype {dtype}: choose one of {', '.join(DTYPES)}")
+    if dtype not in DTYPES:
+        raise SaeAuditError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """``name`` or ``org/name`` (one slash at most, no leading dot or slash)."""
+    return bool(_HUB_ID_RE.match(name)) and ".." not in name
+
+
+def _resolve_source(name: str, revision: str | None) -> tuple[str, str | None, bool]:
+    """Return (source for from_pretrained, revision to record, is_hub)."""
+    path = Path(os.path.expanduser(name))
+    if path.exists():
+        if not path.is_dir():
+            raise SaeAuditError(f"{name!r} is a file; pass the folder written by save_pretrained or a hub id")
+        if not (path / "config.json").is_file():
+            raise SaeAuditError(
+                f"folder {name!r} has no config.json: pass a folder written by "
+                "model.save_pretrained(folder) (with the image processor saved there too), or a hub id"
+            )
+        return str(path), revision, False
+    if not _looks_like_hub_id(name):
+        raise SaeAuditError(f"no such folder {name!r}; pass an existing folder or a hub id such as 'facebook/dinov2-small'")
+
+    # Hub id: resolve the revision to a commit through huggingface_hub's cache.
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import errors as hf_errors
+
+    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    try:
+        cfg_path = hf_hub_download(name, "config.json", revision=revision)
+    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
+        where = constants.HF_HUB_CACHE
+        if offline:
+            raise SaeAuditError(
+                f"{name!r} (revision {revision or 'main'}) is not in the local Hugging Face cache ({where}) "
+                "and offline mode is on (HF_HUB_OFFLINE=1): download it once with network access "
+                "(unset HF_HUB_OFFLINE), point HF_HUB_CACHE at a cache that holds it, or pass a local "
+                "folder written by save_pretrained"
+            ) from e
+        raise SaeAuditError(
+            f"cannot fetch {name!r} (revision {revision or 'main'}): not in the local cache ({where}) and "
+            f"the hub could not be reached ({e.__class__.__name__}); check the network, or pass a local folder "
+            "(with a warm cache, HF_HUB_OFFLINE=1 skips the network and its retries)"
+        ) from e
+    except hf_errors.RepositoryNotFoundError as e:
+        raise SaeAuditError(
+            f"no model {name!r} on the Hugging Face hub (or it is private/gated: log in with `hf auth login`); "
+            "check the id, or pass a local folder"
+        ) from e
+    except hf_errors.RevisionNotFoundError as e:
+        raise SaeAuditError(f"model {name!r} has no revision {revision!r}; check the branch, tag or commit") from e
+    except hf_errors.EntryNotFoundError as e:
+        raise SaeAuditError(
+            f"hub repo {name!r} has no config.json: it is not a transformers model; pass another id or a folder"
+        ) from e
+    except (OSError, ValueError, hf_errors.HfHubHTTPError) as e:
+        raise SaeAuditError(f"cannot fetch {name!r} from the Hugging Face hub: {e}") from e
+    m = _COMMIT_RE.search(cfg_path)
+    commit = m.group(1) if m else revision
+    return name, commit, True
+
+
+def _processor_size(processor: Any) -> tuple[int, int]:
+    """(H, W) the processor produces, measured on a 3:4 dummy image."""
+    from PIL import Image
+
+    dummy = Image.new("RGB", (96, 72), (127, 127, 127))
+    pv = processor(images=[dummy], return_tensors="pt")["pixel_values"]
+    return int(pv.shape[-2]), int(pv.shape[-1])
+
+
+def load_vision_model(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    image_size: int | None = None,
+) -> VisionModel:
+    """Load a supported HF vision model and its image processor.
+
+    Args:
+        name_or_path: a folder written by ``save_pretrained`` (with
+            ``config.json`` and a ``preprocessor_config.json``) or a hub id.
+            A full CLIP / SigLIP checkpoint loads its vision tower only
+            (``CLIPVisionModel`` / ``SiglipVisionModel``); a
+            ``ViTForImageClassification`` checkpoint loads as ``ViTModel``.
+        revision: branch, tag or commit for hub ids (default ``main``).
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``
+            or ``"cuda:N"``.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (weights and
+            ``preprocess`` output).
+        trust_remote_code: forwarded to transformers; off unless asked for.
+        image_size: optional side in pixels; images are then resized (shortest
+            edge) and centre-cropped to ``image_size x image_size``, and the
+            position embeddings interpolated (DINOv2 does this on its own;
+            ViT/CLIP/SigLIP get ``interpolate_pos_encoding=True``). Must be a
+            positive multiple of the patch size.
+
+    Returns:
+        :class:`VisionModel` (eval mode, no grad).
+
+    Raises:
+        SaeAuditError: bad device/dtype/image_size, a folder without
+            ``config.json`` or without an image processor config, a hub id not
+            in the cache while offline (``HF_HUB_OFFLINE=1``) or unreachable,
+            an unsupported family.
+    """
+    name = str(name_or_path)
+    dev = _resolve_device(device)
+    torch_dtype = _resolve_dtype(dtype)
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0):
+        raise SaeAuditError(f"image_size must be a positive int, got {image_size!r}")
+
+    source, resolved_rev, is_hub = _resolve_source(name, revision)
+    load_rev = resolved_rev if is_hub else None
+
+    from transformers import AutoConfig, AutoImageProcessor
+
+    try:
+        config = AutoConfig.from_pretrained(source, revision=load_rev, trust_remote_code=trust_remote_code)
+    except ValueError as e:  # unknown model_type, remote code refused, ...
+        raise SaeAuditError(f"cannot read the config of {name!r}: {e}") from e
+    except OSError as e:
+        raise SaeAuditError(f"cannot read the config of {name!r}: {e}") from e
+    adapter = adapter_for(config)
+
+    patch = adapter.patch_size(config)
+    if image_size is not None and image_size % patch:
+        raise SaeAuditError(
+            f"image_size {image_size} is not a multiple of the patch size {patch} of {name!r}; "
+            f"try {max(patch, round(image_size / patch) * patch)}"
+        )
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a full CLIP/SigLIP checkpoint reports its text tower as unexpected
+    try:
+        model, info = adapter.model_class().from_pretrained(
+            source,
+            revision=load_rev,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+        )
+    except OSError as e:
+        raise SaeAuditError(f"cannot load the weights of {name!r}: {e}") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # A pooler head may be absent (ViT saved by ViTForImageClassification); anything
+    # else missing would leave randomly initialised weights in the audited model.
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith(("pooler.", "head."))]
+    if missing:
+        shown = ", ".join(sorted(missing)[:5]) + (" ..." if len(missing) > 5 else "")
+        raise SaeAuditError(
+            f"the checkpoint {name!r} lacks {len(missing)} weights of {adapter.model_class().__name__} "
+            f"({shown}); it is not a {adapter.family} vision checkpoint sae-audit can load"
+        )
+
+    proc_kwargs: dict[str, Any] = {}
+    if image_size is not None:
+        proc_kwargs = dict(
+            do_resize=True,
+            size={"shortest_edge": image_size},
+            do_center_crop=True,
+            crop_size={"height": image_size, "width": image_size},
+        )
+    try:
+        processor = AutoImageProcessor.from_pretrained(
+            source, revision=load_rev, trust_remote_code=trust_remote_code, **proc_kwargs
+        )
+    except (OSError, ValueError) as e:
+        raise SaeAuditError(
+            f"cannot load the image processor of {name!r} ({e.__class__.__name__}: {e}); a local folder needs "
+            "a preprocessor_config.json: save one with image_processor.save_pretrained(folder)"
+        ) from e
+
+    h, w = _processor_size(processor)
+    if image_size is not None and (h, w) != (image_size, image_size):
+        raise SaeAuditError(
+            f"the image processor of {name!r} ({type(processor).__name__}) produced {h}x{w} images, "
+            f"not the {image_size}x{image_size} asked for; it cannot be configured to centre-crop"
+        )
+    if h != w or h % patch:
+        raise SaeAuditError(
+            f"the image processor of {name!r} produces {h}x{w} images, which is not a square multiple "
+            f"of the patch size {patch}; pass image_size=<multiple of {patch}>"
+        )
+
+    model.eval()
+    model.requires_grad_(False)
+    model.to(dev)
+    return VisionModel(
+        model=model,
+        processor=processor,
+        family=adapter.family,
+        name=name,
+        revision=resolved_rev,
+        device=dev,
+        dtype=torch_dtype,
+        num_blocks=adapter.num_blocks(config),
+        d_model=adapter.d_model(config),
+        layout=adapter.layout(config),
+        patch_size=patch,
+        image_size=h,
+        adapter=adapter,
+    )

@@ -1,0 +1,72 @@
+"""Figures for the reports, drawn with matplotlib from the results document alone."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+# Colour-blind-safe (Okabe-Ito); each dataset also gets its own line style, so
+# colour is never the only carrier of meaning.
+COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9"]
+STYLES = ["-", "--", ":", "-."]
+
+
+def frequency_histogram(sae_entry: dict, dataset_names: list[str]):
+    """Step histograms of ``log10 f_j`` (alive latents) for each dataset of one SAE."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    for i, name in enumerate(dataset_names):
+        h = sae_entry["datasets"][name]["log10_frequency_hist"]
+        edges = np.asarray(h["edges"])
+        counts = np.asarray(h["counts"])
+        ax.stairs(counts, edges, color=COLOURS[i % len(COLOURS)], linestyle=STYLES[i % len(STYLES)],
+                  linewidth=1.8, label=f"{name} ({h['dead']} dead)")
+    ax.set_xlabel("log10 firing frequency")
+    ax.set_ylabel("latents")
+    ax.set_title(f"Firing frequencies: {sae_entry['label']}", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def frequency_scatter(sae_entry: dict, id_name: str, ood_names: list[str]):
+    """ID frequency vs OOD frequency per latent (log-log; dead latents pinned at the floor)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=100)
+    f_id = np.asarray(sae_entry["datasets"][id_name]["frequencies"])
+    floor = 1e-7
+    markers = ["o", "s", "^", "D"]
+    for i, name in enumerate(ood_names):
+        f_ood = np.asarray(sae_entry["datasets"][name]["frequencies"])
+        ax.scatter(np.maximum(f_id, floor), np.maximum(f_ood, floor), s=5, alpha=0.45,
+                   color=COLOURS[(i + 1) % len(COLOURS)], marker=markers[i % len(markers)], label=name,
+                   linewidths=0)
+    ax.plot([floor, 1], [floor, 1], color="#444", linewidth=0.8, linestyle="--", label="equal frequency")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"frequency on {id_name} (ID)")
+    ax.set_ylabel("frequency on OOD set")
+    ax.set_title(f"Per-latent frequency: {sae_entry['label']}", fontsize=10)
+    ax.legend(fontsize=8, frameon=False, markerscale=3)
+    fig.tight_layout()
+    return fig
+
+
+def to_svg(fig) -> str:
+    """The figure as an inline ``<svg>`` string (closes the figure)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def to_png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,202 @@
+"""Coverage suite: which latents fire, how often, and how well the SAE reconstructs.
+
+Per dataset (``CoverageAccumulator``): firing frequency ``f_j`` of every
+latent; alive / dead / dense fractions; L0 and effective units per input; FVU
+about the dataset mean, explained variance, cosine similarity and relative
+MSE. Per ID/OOD pair (:func:`compare`): shared alive latents, OOD-only and
+ID-only latents, Jensen-Shannon divergence and Spearman correlation of the
+frequency profiles, and the reconstruction gap ``FVU_OOD - FVU_ID``.
+Definitions: ``shared/SPEC.md`` section 4.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sae_audit import metrics
+from sae_audit.metrics import nan_to_none
+from sae_audit.suites.base import SuiteBatch
+
+N_EU_BINS = 20
+
+
+class CoverageAccumulator:
+    """Streaming, mergeable coverage statistics of one SAE on one dataset.
+
+    Memory is ``O(d_sae + d_in + k)`` whatever the number of inputs. The mean and
+    the sum of squared deviations of ``x`` are merged with Chan et al.'s
+    parallel update, so FVU is exact about the dataset mean and stable under a
+    large constant offset.
+    """
+
+    def __init__(self, d_sae: int, d_in: int, k: int, dense_threshold: float = 0.1):
+        self.d_sae, self.d_in, self.k = d_sae, d_in, k
+        self.dense_threshold = dense_threshold
+        self.n = 0
+        self.n_nonfinite = 0
+        self.fire_counts = torch.zeros(d_sae, dtype=torch.int64)
+        self.act_sums = torch.zeros(d_sae, dtype=torch.float64)
+        self.mean = torch.zeros(d_in, dtype=torch.float64)
+        self.m2 = 0.0  # sum over inputs and dims of (x - mean)^2
+        self.sse = 0.0  # sum ||x - x_hat||^2
+        self.cos_sum = 0.0
+        self.rel_mse_sum = 0.0
+        self.l0_hist = torch.zeros(k + 1, dtype=torch.int64)
+        self.eu_hist = torch.zeros(N_EU_BINS, dtype=torch.int64)
+        self.eu_sum = 0.0
+        self.eu_sq = 0.0
+
+    # -- streaming --------------------------------------------------------
+    def accumulate(self, batch: SuiteBatch) -> None:
+        self.n_nonfinite += batch.n_nonfinite
+        x = batch.x.double()
+        if x.shape[0] == 0:
+            return
+        x_hat = batch.x_hat.double()
+        codes = batch.codes
+        active = codes.values > 0
+        idx = codes.indices[active]
+        self.fire_counts += torch.bincount(idx, minlength=self.d_sae)
+        self.act_sums.index_add_(0, idx, codes.values[active].double())
+
+        l0 = active.sum(dim=1)
+        self.l0_hist += torch.bincount(l0.clamp(max=self.k), minlength=self.k + 1)
+        eu = metrics.effective_units(codes.values.double())
+        self.eu_sum += float(eu.sum())
+        self.eu_sq += float(eu.pow(2).sum())
+        bins = (eu / self.k * N_EU_BINS).long().clamp(0, N_EU_BINS - 1)
+        self.eu_hist += torch.bincount(bins, minlength=N_EU_BINS)
+
+        err = (x - x_hat).pow(2).sum(dim=1)
+        self.sse += float(err.sum())
+        self.cos_sum += float(metrics.cosine(x, x_hat).sum())
+        self.rel_mse_sum += float((err / x.pow(2).sum(dim=1).clamp_min(1e-30)).sum())
+
+        n_b = x.shape[0]
+        mean_b = x.mean(dim=0)
+        m2_b = float((x - mean_b).pow(2).sum())
+        self._merge_moments(n_b, mean_b, m2_b)
+        self.n += n_b
+
+    def _merge_moments(self, n_b: int, mean_b: torch.Tensor, m2_b: float) -> None:
+        n_a = self.n
+        if n_a == 0:
+            self.mean, self.m2 = mean_b.clone(), m2_b
+            return
+        n = n_a + n_b
+        delta = mean_b - self.mean
+        self.m2 = self.m2 + m2_b + float(delta.pow(2).sum()) * n_a * n_b / n
+        self.mean = self.mean + delta * (n_b / n)
+
+    def merge(self, other: "CoverageAccumulator") -> None:
+        """Absorb ``other`` (same SAE, a disjoint part of the same dataset)."""
+        if (other.d_sae, other.d_in, other.k) != (self.d_sae, self.d_in, self.k):
+            raise ValueError("cannot merge coverage accumulators of different SAEs")
+        if other.n:
+            self._merge_moments(other.n, other.mean, other.m2)
+        self.n += other.n
+        self.n_nonfinite += other.n_nonfinite
+        self.fire_counts += other.fire_counts
+        self.act_sums += other.act_sums
+        self.sse += other.sse
+        self.cos_sum += other.cos_sum
+        self.rel_mse_sum += other.rel_mse_sum
+        self.l0_hist += other.l0_hist
+        self.eu_hist += other.eu_hist
+        self.eu_sum += other.eu_sum
+        self.eu_sq += other.eu_sq
+
+    # -- results ------------------------------------------------------------
+    def frequencies(self) -> torch.Tensor:
+        """``[d_sae]`` float64 firing frequency ``f_j`` (zeros when no input was seen)."""
+        return self.fire_counts.double() / max(self.n, 1)
+
+    def finish(self) -> dict:
+        """Per-dataset coverage metrics (JSON-ready; NaN becomes ``None``)."""
+        n = self.n
+        f = self.frequencies()
+        alive = self.fire_counts > 0
+        n_alive = int(alive.sum())
+        dense = f > self.dense_threshold
+        mean_act = torch.where(alive, self.act_sums / self.fire_counts.clamp_min(1).double(), torch.zeros_like(f))
+        fvu = self.sse / self.m2 if n >= 2 and self.m2 > 0 else float("nan")
+        l0_vals = torch.arange(self.k + 1, dtype=torch.float64)
+        l0_mean = float((self.l0_hist.double() * l0_vals).sum() / n) if n else float("nan")
+        l0_sq = float((self.l0_hist.double() * l0_vals.pow(2)).sum() / n) if n else float("nan")
+        eu_mean = self.eu_sum / n if n else float("nan")
+        return {
+            "n_inputs": n,
+            "n_nonfinite": self.n_nonfinite,
+            "n_alive": n_alive,
+            "alive_fraction": n_alive / self.d_sae,
+            "dead_fraction": 1.0 - n_alive / self.d_sae,
+            "dense_fraction": int(dense.sum()) / self.d_sae,
+            "dense_threshold": self.dense_threshold,
+            "fvu": nan_to_none(fvu),
+            "explained_variance": nan_to_none(1.0 - fvu),
+            "cosine": nan_to_none(self.cos_sum / n if n else float("nan")),
+            "relative_mse": nan_to_none(self.rel_mse_sum / n if n else float("nan")),
+            "l0_mean": nan_to_none(l0_mean),
+            "l0_std": nan_to_none(max(l0_sq - l0_mean**2, 0.0) ** 0.5 if n else float("nan")),
+            "l0_hist": [int(c) for c in self.l0_hist],
+            "effective_units_mean": nan_to_none(eu_mean),
+            "effective_units_std": nan_to_none(max(self.eu_sq / n - eu_mean**2, 0.0) ** 0.5 if n else float("nan")),
+            "effective_units_hist": {
+                "edges": [self.k * i / N_EU_BINS for i in range(N_EU_BINS + 1)],
+                "counts": [int(c) for c in self.eu_hist],
+            },
+            "log10_frequency_hist": metrics.log10_histogram(f),
+            "frequencies": [float(f"{v:.6g}") for v in f.tolist()],
+            "mean_activation": [float(f"{v:.6g}") for v in mean_act.tolist()],
+        }
+
+
+def compare(id_stats: dict, ood_stats: dict, top: int = 10) -> dict:
+    """ID vs OOD coverage of the same SAE, from two :meth:`CoverageAccumulator.finish` dicts.
+
+    Returns shared-alive fraction ``|alive_ID & alive_OOD| / |alive_ID|``,
+    counts and fractions (of ``d_sae``) of OOD-only and ID-only latents,
+    Jensen-Shannon divergence (bits) and Spearman correlation of the
+    frequency profiles, ``fvu_gap = FVU_OOD - FVU_ID``, and the ``top`` latents
+    whose frequency shifts most (by ``|log10((f_OOD + e) / (f_ID + e))|`` with
+    ``e = 1 / N`` of the smaller set) and the most frequent OOD-only latents.
+    """
+    f_id = torch.tensor(id_stats["frequencies"], dtype=torch.float64)
+    f_ood = torch.tensor(ood_stats["frequencies"], dtype=torch.float64)
+    d_sae = f_id.numel()
+    a_id, a_ood = f_id > 0, f_ood > 0
+    n_alive_id = int(a_id.sum())
+    shared = int((a_id & a_ood).sum())
+    ood_only = a_ood & ~a_id
+    id_only = a_id & ~a_ood
+    fvu_id, fvu_ood = id_stats["fvu"], ood_stats["fvu"]
+    eps = 1.0 / max(1, min(id_stats["n_inputs"], ood_stats["n_inputs"]))
+    shift = ((f_ood + eps) / (f_id + eps)).log10()
+    order = torch.argsort(shift.abs(), descending=True, stable=True)[:top]
+    ood_only_idx = torch.nonzero(ood_only).flatten()
+    ood_only_top = ood_only_idx[torch.argsort(f_ood[ood_only_idx], descending=True, stable=True)][:top]
+
+    def latent_rows(indices: torch.Tensor) -> list[dict]:
+        return [
+            {
+                "latent": int(j),
+                "freq_id": float(f_id[j]),
+                "freq_ood": float(f_ood[j]),
+                "log10_shift": round(float(shift[j]), 4),
+            }
+            for j in indices
+        ]
+
+    return {
+        "shared_alive": nan_to_none(shared / n_alive_id if n_alive_id else float("nan")),
+        "n_shared_alive": shared,
+        "n_ood_only": int(ood_only.sum()),
+        "ood_only_fraction": int(ood_only.sum()) / d_sae,
+        "n_id_only": int(id_only.sum()),
+        "id_only_fraction": int(id_only.sum()) / d_sae,
+        "js_divergence": nan_to_none(metrics.js_divergence(f_id, f_ood)),
+        "spearman": nan_to_none(metrics.spearman(f_id, f_ood)),
+        "fvu_gap": nan_to_none(fvu_ood - fvu_id) if fvu_id is not None and fvu_ood is not None else None,
+        "top_shifted": latent_rows(order),
+        "top_ood_only": latent_rows(ood_only_top),
+    }

@@ -1,0 +1,102 @@
+"""Pytest fixtures for sae-audit and its plugins: tiny, real, offline.
+
+Registered under the ``pytest11`` entry point, so any project that installs
+sae-audit gets them. Everything is built from configs in milliseconds; nothing
+is downloaded:
+
+- ``tiny_model_dir``: a random DINOv2 (4 blocks, d_model 32, patch 8, 32 px)
+  saved with its image processor, loadable by ``load_vision_model``;
+- ``tiny_sae_dir``: a Top-k SAE (d_in 32, d_sae 64, k 4) reading ``block.2:patch``
+  of that model, in the native format;
+- ``tiny_image_folder``: 12 small PNG images in three class folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+TINY_D_MODEL = 32
+TINY_BLOCKS = 4
+
+
+def make_tiny_model_dir(path: Path, family: str = "dinov2") -> Path:
+    """Write a tiny random vision model (and its processor) to ``path``."""
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        ViTConfig,
+        ViTImageProcessor,
+        ViTModel,
+    )
+
+    torch.manual_seed(0)
+    common = dict(hidden_size=TINY_D_MODEL, num_hidden_layers=TINY_BLOCKS, num_attention_heads=2,
+                  intermediate_size=64, image_size=32, patch_size=8)
+    if family == "dinov2":
+        model = Dinov2Model(Dinov2Config(**common))
+        processor = BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                      do_center_crop=True, image_mean=[0.485, 0.456, 0.406],
+                                      image_std=[0.229, 0.224, 0.225])
+    elif family == "vit":
+        model = ViTModel(ViTConfig(**common), add_pooling_layer=False)
+        processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    else:
+        raise ValueError(family)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def make_tiny_sae_dir(path: Path, d_in: int = TINY_D_MODEL, d_sae: int = 64, k: int = 4,
+                      hook_point: str = "block.2", tokens: str = "patch", seed: int = 0, **config) -> Path:
+    """Write a random Top-k SAE in the native format to ``path``."""
+    from sae_audit.sae import SAEConfig, TopKSAE, save_sae
+
+    cfg = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, hook_point=hook_point, tokens=tokens, model="tiny", **config)
+    sae = TopKSAE(cfg, seed=seed)
+    with torch.no_grad():
+        sae.b_enc.uniform_(0.0, 0.1, generator=torch.Generator().manual_seed(seed))
+    return save_sae(sae, path, overwrite=True)
+
+
+def make_image_folder(path: Path, n_per_class: int = 4, classes=("circle", "square", "noise"), size: int = 40,
+                      seed: int = 0) -> Path:
+    """Write ``n_per_class`` PNG images into one subfolder per class."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (path / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+            yy, xx = np.mgrid[:size, :size]
+            if c == 0:
+                img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 220
+            elif c == 1:
+                img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = [200, 40 * i, 90]
+            else:
+                img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+            Image.fromarray(img).save(path / name / f"{name}_{i}.png")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random DINOv2 saved to disk with its image processor."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sae_dir(tmp_path_factory) -> Path:
+    """A tiny Top-k SAE for ``tiny_model_dir`` at ``block.2:patch``."""
+    return make_tiny_sae_dir(tmp_path_factory.mktemp("tiny-sae") / "sae")
+
+
+@pytest.fixture()
+def tiny_image_folder(tmp_path) -> Path:
+    """12 PNG images in three class folders (a fresh copy per test)."""
+    return make_image_folder(tmp_path / "images")

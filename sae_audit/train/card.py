@@ -1,0 +1,63 @@
+"""The short model card (README.md) written beside a trained SAE."""
+
+from __future__ import annotations
+
+import json
+
+from sae_audit.sae import SAEConfig
+
+
+def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: int = 0, seconds: float | None = None) -> str:
+    """Markdown card: what the SAE reads, what it was trained on, and its held-out quality.
+
+    ``summary`` is a :class:`~sae_audit.train.trainer.TrainSummary`; ``dataset``
+    the training set's ``describe()`` dict.
+    """
+    meta = {
+        "library_name": "sae-audit",
+        "tags": ["sparse-autoencoder", "interpretability", "top-k-sae"],
+        "base_model": config.model,
+    }
+    front = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items() if v is not None)
+    reg = []
+    if config.lambda_off:
+        reg.append(f"off-support L1 (lambda_off = {config.lambda_off:g})")
+    if config.lambda_ratio:
+        reg.append(f"L1/L2 ratio (lambda_ratio = {config.lambda_ratio:g})")
+    reg_text = " and ".join(reg) if reg else "none (plain fixed-k Top-k)"
+    lines = [
+        "---",
+        front,
+        "---",
+        "",
+        f"# Top-k SAE for `{config.model}` at `{config.hook_point}:{config.tokens}`",
+        "",
+        "Trained with [sae-audit](https://pypi.org/project/sae-audit/).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| model | `{config.model}` (revision `{config.model_revision}`) |",
+        f"| hook point | output of block {config.hook_point}, token set `{config.tokens}` |",
+        f"| input resolution | {config.image_size} px |",
+        f"| d_in / d_sae / k | {config.d_in} / {config.d_sae} / {config.k} (expansion {config.expansion:g}) |",
+        f"| regularisers (arXiv 2606.27321) | {reg_text} |",
+        f"| normalisation | {config.normalisation} (scale {config.norm_scale:.6g}) |",
+        f"| training data | `{dataset.get('name')}` ({dataset.get('size')} images; {n_skipped} unreadable skipped) |",
+        f"| training vectors / steps | {summary.vectors} / {summary.steps} (batch {train_cfg.batch_size}, Adam lr {train_cfg.lr:g}) |",
+        "",
+        "## Held-out evaluation",
+        "",
+        f"On {summary.eval_vectors} activation vectors never trained on:",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| FVU (variance about the mean) | {summary.eval_fvu:.4f} |",
+        f"| explained variance | {1 - summary.eval_fvu:.4f} |",
+        f"| L0 (mean) | {summary.eval_l0:.2f} |",
+        f"| effective units (mean) | {summary.eval_effective_units:.2f} |",
+        f"| dead latents (no fire in the last {config.dead_after} training vectors) | {summary.dead_fraction:.2%} |",
+    ]
+    if seconds is not None:
+        lines += ["", f"Training took {seconds:.0f} s."]
+    lines += ["", "Load it with `sae_audit.load_sae(PATH)`; the config is in `config.json`.", ""]
+    return "\n".join(lines)

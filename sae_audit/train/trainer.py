@@ -1,0 +1,226 @@
+"""Training Top-k SAEs on activations streamed from a vision model.
+
+One pass over the activation stream trains every SAE in a list of configs
+(a sweep over k and the regulariser weights shares the model's forward
+passes). The recipe follows Gao et al. 2024 (arXiv 2406.04093): Adam, tied
+initialisation, ``b_dec`` at the geometric median of a sample, unit-norm
+decoder rows with the parallel gradient removed, AuxK on dead latents.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from tqdm.auto import tqdm
+
+from sae_audit.errors import SaeAuditError
+from sae_audit.sae import SAEConfig, TopKSAE
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by every SAE in one training run.
+
+    Attributes:
+        batch_size: activation vectors per optimiser step.
+        lr: Adam learning rate (peak, after warm-up).
+        warmup_fraction: share of the steps with a linear warm-up from 0.
+        decay_fraction: share of the final steps with a linear decay to 0.
+        max_vectors: stop after this many training vectors.
+        eval_vectors: vectors held out (never trained on) for the final evaluation.
+        buffer_size: shuffle-buffer size in vectors.
+        b_dec_init: ``geometric_median`` or ``mean``.
+        seed: seeds the SAE initialisation and the shuffling.
+    """
+
+    batch_size: int = 1024
+    lr: float = 1e-3
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.2
+    max_vectors: int = 500_000
+    eval_vectors: int = 16_384
+    buffer_size: int = 65_536
+    b_dec_init: str = "geometric_median"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0 or self.max_vectors <= 0:
+            raise SaeAuditError("batch size and the number of training vectors must be positive")
+        if self.lr <= 0:
+            raise SaeAuditError("learning rate must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainSummary:
+    """What training measured, written into the SAE's card."""
+
+    steps: int
+    vectors: int
+    eval_vectors: int
+    eval_fvu: float
+    eval_l0: float
+    eval_effective_units: float
+    dead_fraction: float
+    final_train_nmse: float
+
+
+def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
+    """Multiplier of the peak learning rate at ``step`` of ``total`` (linear warm-up and decay)."""
+    n_warm = max(1, int(total * warmup)) if warmup > 0 else 0
+    n_decay = int(total * decay)
+    if step < n_warm:
+        return (step + 1) / n_warm
+    if n_decay and step >= total - n_decay:
+        return max(0.0, (total - step) / n_decay)
+    return 1.0
+
+
+class _Run:
+    """One SAE being trained: module, optimiser and running statistics."""
+
+    def __init__(self, cfg: SAEConfig, seed: int, lr: float):
+        self.sae = TopKSAE(cfg, seed=seed)
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=(0.9, 0.999))
+        self.nmse_ema: float | None = None
+
+
+def train_saes(
+    configs: list[SAEConfig],
+    chunks: Iterable[torch.Tensor],
+    train: TrainConfig,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[tuple[TopKSAE, TrainSummary]]:
+    """Train one SAE per config from a single pass over activation ``chunks``.
+
+    Args:
+        configs: SAE configs sharing ``d_in``; their ``normalisation`` decides
+            whether a scalar ``norm_scale`` is estimated (E||x|| = sqrt(d_in)).
+        chunks: iterable of ``[n, d_in]`` float activation tensors (model units),
+            e.g. :func:`sae_audit.train.stream.image_activations`.
+        train: optimisation settings.
+    Returns:
+        ``(sae, summary)`` per config, SAEs in eval mode with ``norm_scale``
+        recorded in their configs.
+    Raises:
+        SaeAuditError: the stream is empty, too short for the held-out split, or
+            the activations contain NaN.
+    """
+    from sae_audit.train.stream import shuffled_batches
+
+    if not configs:
+        raise SaeAuditError("nothing to train: no SAE configs given")
+    d_in = configs[0].d_in
+    if any(c.d_in != d_in for c in configs):
+        raise SaeAuditError("all SAEs trained together must share d_in")
+    device = torch.device(device)
+    batches: Iterator[torch.Tensor] = shuffled_batches(
+        chunks, train.batch_size, train.buffer_size, train.max_vectors + train.eval_vectors, train.seed
+    )
+
+    # The first batches give the held-out evaluation set and the statistics for
+    # normalisation and b_dec. They are never trained on.
+    held: list[torch.Tensor] = []
+    n_held = 0
+    for batch in batches:
+        held.append(batch)
+        n_held += batch.shape[0]
+        if n_held >= train.eval_vectors:
+            break
+    if n_held == 0:
+        raise SaeAuditError("the activation stream is empty: no images were read")
+    eval_x = torch.cat(held)[: max(train.eval_vectors, 1)].to(device)
+    if not torch.isfinite(eval_x).all():
+        raise SaeAuditError("the model produced NaN or infinite activations; try --dtype float32")
+    mean_norm = eval_x.norm(dim=1).mean().item()
+    scale = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
+
+    runs: list[_Run] = []
+    for i, cfg in enumerate(configs):
+        cfg = replace(cfg, norm_scale=scale if cfg.normalisation == "scalar" else 1.0)
+        run = _Run(cfg, seed=train.seed + i, lr=train.lr)
+        run.sae.to(device)
+        x_norm = run.sae.normalise_input(eval_x)
+        sample = x_norm[torch.randperm(x_norm.shape[0], generator=torch.Generator().manual_seed(train.seed))[:4096]]
+        run.sae.init_b_dec(sample, train.b_dec_init)
+        run.data_mean = x_norm.mean(dim=0)  # type: ignore[attr-defined]
+        runs.append(run)
+
+    total_steps = max(1, math.ceil(train.max_vectors / train.batch_size))
+    bar = tqdm(total=train.max_vectors, unit="vec", unit_scale=True, desc="training", disable=not progress)
+    step = 0
+    vectors = 0
+    for x in batches:
+        x = x.to(device)
+        if not torch.isfinite(x).all():
+            raise SaeAuditError("the model produced NaN or infinite activations; try --dtype float32")
+        factor = lr_factor(step, total_steps, train.warmup_fraction, train.decay_fraction)
+        for run in runs:
+            for group in run.opt.param_groups:
+                group["lr"] = train.lr * factor
+            out = run.sae.training_loss(run.sae.normalise_input(x), run.data_mean)  # type: ignore[attr-defined]
+            run.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            run.sae.remove_parallel_decoder_grad()
+            run.opt.step()
+            run.sae.normalise_decoder()
+            v = float(out.nmse)
+            run.nmse_ema = v if run.nmse_ema is None else 0.95 * run.nmse_ema + 0.05 * v
+        step += 1
+        vectors += x.shape[0]
+        bar.update(x.shape[0])
+        if step % 10 == 1:
+            first = runs[0]
+            bar.set_postfix(
+                loss=f"{float(out.loss.detach()):.3f}",
+                fvu=f"{first.nmse_ema:.3f}",
+                dead=f"{float(first.sae.dead_mask().float().mean()):.2f}",
+                refresh=False,
+            )
+    bar.close()
+    if vectors == 0:
+        raise SaeAuditError(
+            f"only {n_held} activation vectors were read, all used for the held-out evaluation; "
+            "give more images or lower the evaluation split"
+        )
+
+    results = []
+    for run in runs:
+        sae = run.sae.eval()
+        summary = evaluate(sae, eval_x)
+        results.append(
+            (
+                sae,
+                TrainSummary(
+                    steps=step,
+                    vectors=vectors,
+                    eval_vectors=eval_x.shape[0],
+                    eval_fvu=summary["fvu"],
+                    eval_l0=summary["l0"],
+                    eval_effective_units=summary["effective_units"],
+                    dead_fraction=float(sae.dead_mask().float().mean()),
+                    final_train_nmse=float(run.nmse_ema or float("nan")),
+                ),
+            )
+        )
+    return results
+
+
+@torch.no_grad()
+def evaluate(sae: TopKSAE, x: torch.Tensor, k: int | None = None) -> dict[str, float]:
+    """FVU, mean L0 and mean effective units of ``sae`` on ``x [N, d_in]`` (model units)."""
+    from sae_audit import metrics
+
+    codes = sae.encode(x, k=k)
+    x_hat = sae.decode(codes)
+    return {
+        "fvu": metrics.fvu(x, x_hat),
+        "l0": float(codes.l0().float().mean()),
+        "effective_units": float(metrics.effective_units(codes.values).mean()),
+    }

