@@ -39,6 +39,22 @@ def git_revision() -> str | None:
     return out.stdout.strip() or None
 
 
+def local_revision(path: str | os.PathLike) -> str | None:
+    """``sha256:<first 16 hex>`` of a local model folder's weights, identifying exactly what ran."""
+    import hashlib
+
+    folder = Path(path)
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin"))
+    if not folder.is_dir() or not weights:
+        return None
+    digest = hashlib.sha256()
+    for w in weights:
+        with open(w, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()[:16]
+
+
 def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) -> dict:
     """Assemble the results document with provenance (see the module docstring)."""
     from sae_audit import __version__
@@ -49,7 +65,7 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) ->
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "model": {
             "name": vm.name,
-            "revision": vm.revision,
+            "revision": vm.revision or local_revision(vm.name),
             "family": vm.family,
             "num_blocks": vm.num_blocks,
             "d_model": vm.d_model,

@@ -121,7 +121,7 @@ def build_view(results: dict) -> View:
         c = s["config"]
         sae_rows.append([
             s["label"], s["hook_point"], f"{c['d_in']} → {c['d_sae']}", str(c["k"]),
-            fmt(c["lambda_off"]), fmt(c["lambda_ratio"]), str(c.get("model") or "n/a"), s["spec"],
+            f"{c['lambda_off']:g}", f"{c['lambda_ratio']:g}", str(c.get("model") or "n/a"), s["spec"],
         ])
     sae_table = Table("SAEs", ["SAE", "hook point", "d_in → d_sae", "k", "λ off-support L1", "λ L1/L2",
                                "trained on model", "source"], sae_rows)

@@ -47,6 +47,7 @@ class CoverageAccumulator:
         self.eu_sq = 0.0
 
     # -- streaming --------------------------------------------------------
+    @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
         self.n_nonfinite += batch.n_nonfinite
         x = batch.x.double()

@@ -8,6 +8,7 @@ module and check the result against the ONNX graph's own backbone output.
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from pathlib import Path
 
@@ -22,6 +23,12 @@ REL_TOL = 1e-4
 
 
 def _wheel_onnx() -> Path:
+    # scripts/setup.sh installs all of these; in CI a missing one is a failure, not a skip.
+    if os.environ.get("CI"):
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+
+        return find_imgfocus_onnx()
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     try:
