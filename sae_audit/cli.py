@@ -34,8 +34,12 @@ Typical use:
 """
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="hub id (e.g. facebook/dinov2-small) or a local model folder")
+def _add_model_args(p: argparse.ArgumentParser, model_optional: bool = False) -> None:
+    if model_optional:
+        p.add_argument("model", nargs="?", help="hub id (e.g. facebook/dinov2-small) or a local model folder "
+                                                "(omit it with --cache)")
+    else:
+        p.add_argument("model", help="hub id (e.g. facebook/dinov2-small) or a local model folder")
     p.add_argument("--revision", help="hub revision (branch, tag or commit hash) to pin")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run the model and SAEs (auto: a GPU when there is one; default auto)")
@@ -91,11 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
                     "optionally with the off-support L1 and L1/L2-ratio regularisers of arXiv 2606.27321. "
                     "Writes the SAE folder (config.json, model.safetensors, README.md) to --out.",
     )
-    _add_model_args(train)
-    train.add_argument("--hook", required=True, metavar="block.L", help="block output to read (0-based)")
+    _add_model_args(train, model_optional=True)
+    train.add_argument("--hook", metavar="block.L", help="block output to read (0-based); required without --cache")
     train.add_argument("--tokens", default="patch", choices=["cls", "patch", "mean", "all"],
                        help="token set (default patch)")
-    train.add_argument("--data", required=True, metavar="SET", help="training image set")
+    train.add_argument("--data", metavar="SET", help="training image set (required without --cache)")
+    train.add_argument("--cache", metavar="DIR",
+                       help="train from an activation cache written by `sae-audit cache` instead of running "
+                            "MODEL (shards are read in a seeded shuffled order, a few at a time)")
+    train.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS",
+                       help="write a resumable checkpoint to OUT/.checkpoint every STEPS optimiser steps "
+                            "(default 0: never)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from OUT/.checkpoint (same options and data)")
+    train.add_argument("--precision", default="auto", choices=["auto", "float32", "bf16"],
+                       help="SAE forward precision: bf16 autocast or float32 (auto: bf16 on a GPU that "
+                            "supports it, float32 elsewhere; default auto)")
     train.add_argument("--k", type=int, nargs="+", required=True,
                        help="Top-k budget; several values train several SAEs from one pass over the data")
     train.add_argument("--expansion", type=float, required=True, help="d_sae / d_in")
@@ -120,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, metavar="DIR",
                        help="output SAE folder (a parent folder when several SAEs are trained)")
     train.set_defaults(func=cmd_train)
+
+    cache = sub.add_parser(
+        "cache", help="write a model's activations at a hook point to disk, in shards (resumable)",
+        description="Capture the activations of MODEL at a hook point on an image set and write them to "
+                    "--out as safetensors shards with a meta.json (model, revision, hook point, token set, "
+                    "dtype, row count, schema version). An interrupted run continues with --resume, "
+                    "without duplicating or losing rows. `sae-audit train --cache DIR` trains from it.",
+    )
+    _add_model_args(cache)
+    cache.add_argument("--hook", required=True, metavar="block.L", help="block output to read (0-based)")
+    cache.add_argument("--tokens", default="patch", choices=["cls", "patch", "mean", "all"],
+                       help="token set (default patch)")
+    cache.add_argument("--data", required=True, metavar="SET", help="image set to run through the model")
+    cache.add_argument("--out", required=True, metavar="DIR", help="cache folder")
+    cache.add_argument("--shard-rows", type=int, default=32_768, metavar="N",
+                       help="rows per shard (a shard always ends at an image boundary; default 32768)")
+    cache.add_argument("--cache-dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                       help="storage dtype of the rows (default float32)")
+    cache.add_argument("--resume", action="store_true", help="continue an interrupted cache in --out")
+    cache.set_defaults(func=cmd_cache)
 
     models = sub.add_parser("models", help="manage vision models (offline import)")
     msub = models.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
@@ -236,20 +271,122 @@ def _dedupe_labels(saes) -> None:
 
 
 def cmd_train(args) -> int:
-    from sae_audit.data import iter_batches, open_image_set
     from sae_audit.models import HookPoint
     from sae_audit.sae import SAEConfig, save_sae
-    from sae_audit.train import TrainConfig, image_activations, sae_card, train_saes
+    from sae_audit.train import TrainConfig, sae_card, train_saes
 
     _check_common(args)
     if min(args.k) <= 0 or args.expansion <= 0:
         raise SaeAuditError("--k and --expansion must be positive")
     if min(args.l1_off) < 0 or min(args.l1_l2_ratio) < 0:
         raise SaeAuditError("regulariser weights must be >= 0")
-    out = prepare_out_dir(args.out, args.overwrite)
+    out = Path(args.out)
+    ckpt_dir = out / ".checkpoint"
+    if args.resume:
+        if not (ckpt_dir / "state.pt").is_file():
+            raise SaeAuditError(f"--resume: no checkpoint in {ckpt_dir}; start without --resume")
+    else:
+        prepare_out_dir(args.out, args.overwrite)
+    if args.cache:
+        from sae_audit.train.cache import ActivationCache
+
+        if args.data:
+            raise SaeAuditError("give either --cache or --data, not both")
+        cache = ActivationCache.open(args.cache)
+        meta = cache.meta
+        if args.hook and HookPoint.parse(args.hook, args.tokens).name != meta["hook_point"]:
+            raise SaeAuditError(f"--hook {args.hook} contradicts the cache, which holds {meta['hook_point']}")
+        hook = HookPoint.parse(meta["hook_point"], meta["tokens"])
+        d_in, model, revision, image_size = cache.d_in, meta["model"], meta["model_revision"], meta["image_size"]
+        data_desc = dict(meta["data"], size=meta["data"].get("size"))
+        chunks = cache.iter_chunks(shuffle=True, seed=args.seed)
+        device = _device(args.device)
+        skipped = int(meta.get("images_skipped", 0))
+    else:
+        from sae_audit.data import iter_batches, open_image_set
+        from sae_audit.train import image_activations
+
+        if not args.model or not args.data or not args.hook:
+            raise SaeAuditError("train needs MODEL, --hook and --data (or --cache DIR)")
+        hook = HookPoint.parse(args.hook, args.tokens)
+        image_set = open_image_set(args.data, args.max_images, args.seed)
+        vm = _load_model(args)
+        _check_hook(vm, hook)
+        d_in, model, revision, image_size, device = vm.d_model, args.model, vm.revision, vm.image_size, vm.device
+        data_desc = image_set.describe()
+        it = iter_batches(image_set, vm.preprocess, args.batch_size, strict=args.strict, progress=None)
+        chunks = image_activations(vm, hook, it)
+        skipped = None
+    d_sae = int(round(args.expansion * d_in))
+    dead_after = args.dead_after or min(10_000_000, max(args.sae_batch_size, args.max_vectors // 10))
+    configs = [
+        SAEConfig(
+            d_in=d_in, d_sae=d_sae, k=k, lambda_off=off, lambda_ratio=ratio,
+            dead_after=dead_after, normalisation=args.normalise, model=model, model_revision=revision,
+            hook_point=hook.name, tokens=hook.tokens, image_size=image_size,
+        )
+        for k in dict.fromkeys(args.k) for off in dict.fromkeys(args.l1_off) for ratio in dict.fromkeys(args.l1_l2_ratio)
+    ]
+    train_cfg = TrainConfig(
+        batch_size=args.sae_batch_size, lr=args.lr, max_vectors=args.max_vectors,
+        eval_vectors=args.eval_vectors, seed=args.seed, precision=args.precision,
+        checkpoint_every=args.checkpoint_every,
+    )
+    t0 = time.perf_counter()
+    trained = train_saes(configs, chunks, train_cfg, device=device, progress=not args.quiet,
+                         checkpoint_dir=ckpt_dir if (args.checkpoint_every or args.resume) else None,
+                         resume=args.resume)
+    seconds = time.perf_counter() - t0
+    if skipped is None:
+        skipped = len(it.skipped)
+    for sae, summary in trained:
+        target = out if len(trained) == 1 else out / sae_name(sae.config)
+        card = sae_card(sae.config, summary, train_cfg, data_desc, n_skipped=skipped, seconds=seconds)
+        save_sae(sae, target, readme=card, overwrite=True)
+        _info(
+            f"wrote {target}: d_sae={sae.d_sae}, k={sae.k}, {sae.config.variant}; held-out FVU "
+            f"{summary.eval_fvu:.4f}, L0 {summary.eval_l0:.1f}, dead {summary.dead_fraction:.1%} "
+            f"({summary.vectors} vectors)"
+        )
+    if ckpt_dir.exists():
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
+    _info(f"trained {len(trained)} SAE(s) in {seconds:.0f} s")
+    return EXIT_OK
+
+
+def _device(name: str):
+    import torch
+
+    from sae_audit.models.loading import _resolve_device
+
+    return _resolve_device(name) if name != "auto" else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_cache(args) -> int:
+    from sae_audit.data import open_image_set
+    from sae_audit.models import HookPoint
+    from sae_audit.train.cache import ActivationCache, write_activation_cache
+
+    _check_common(args)
     hook = HookPoint.parse(args.hook, args.tokens)
     image_set = open_image_set(args.data, args.max_images, args.seed)
     vm = _load_model(args)
+    _check_hook(vm, hook)
+    path = write_activation_cache(
+        vm, hook, image_set, args.out, shard_rows=args.shard_rows, dtype=args.cache_dtype,
+        batch_size=args.batch_size, resume=args.resume, overwrite=args.overwrite, strict=args.strict,
+        data_spec={"spec": args.data, "max_images": args.max_images, "seed": args.seed},
+        progress=not args.quiet,
+    )
+    cache = ActivationCache.open(path)
+    _info(f"wrote {path}: {len(cache)} rows of {cache.d_in} ({len(cache.meta['shards'])} shards, "
+          f"{cache.meta['images_skipped']} unreadable images skipped)")
+    return EXIT_OK
+
+
+def _check_hook(vm, hook) -> None:
     if hook.block >= vm.num_blocks:
         raise SaeAuditError(
             f"hook point {hook.name} is past the depth of {vm.name} ({vm.num_blocks} blocks: "
@@ -257,37 +394,6 @@ def cmd_train(args) -> int:
         )
     if hook.tokens == "cls" and not vm.layout.has_cls:
         raise SaeAuditError(f"{vm.name} ({vm.family}) has no CLS token; use --tokens patch or mean")
-    d_sae = int(round(args.expansion * vm.d_model))
-    dead_after = args.dead_after or min(10_000_000, max(args.sae_batch_size, args.max_vectors // 10))
-    configs = [
-        SAEConfig(
-            d_in=vm.d_model, d_sae=d_sae, k=k, lambda_off=off, lambda_ratio=ratio,
-            dead_after=dead_after, normalisation=args.normalise, model=args.model, model_revision=vm.revision,
-            hook_point=hook.name, tokens=hook.tokens, image_size=vm.image_size,
-        )
-        for k in dict.fromkeys(args.k) for off in dict.fromkeys(args.l1_off) for ratio in dict.fromkeys(args.l1_l2_ratio)
-    ]
-    train_cfg = TrainConfig(
-        batch_size=args.sae_batch_size, lr=args.lr, max_vectors=args.max_vectors,
-        eval_vectors=args.eval_vectors, seed=args.seed,
-    )
-    it = iter_batches(image_set, vm.preprocess, args.batch_size, strict=args.strict, progress=None)
-    chunks = image_activations(vm, hook, it)
-    t0 = time.perf_counter()
-    trained = train_saes(configs, chunks, train_cfg, device=vm.device, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    for sae, summary in trained:
-        target = out if len(trained) == 1 else out / sae_name(sae.config)
-        card = sae_card(sae.config, summary, train_cfg, image_set.describe(), n_skipped=len(it.skipped),
-                        seconds=seconds)
-        save_sae(sae, target, readme=card, overwrite=True)
-        _info(
-            f"wrote {target}: d_sae={sae.d_sae}, k={sae.k}, {sae.config.variant}; held-out FVU "
-            f"{summary.eval_fvu:.4f}, L0 {summary.eval_l0:.1f}, dead {summary.dead_fraction:.1%} "
-            f"({summary.vectors} vectors)"
-        )
-    _info(f"trained {len(trained)} SAE(s) in {seconds:.0f} s")
-    return EXIT_OK
 
 
 def sae_name(cfg) -> str:

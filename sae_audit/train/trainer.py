@@ -34,6 +34,11 @@ class TrainConfig:
         buffer_size: shuffle-buffer size in vectors.
         b_dec_init: ``geometric_median`` or ``mean``.
         seed: seeds the SAE initialisation and the shuffling.
+        precision: ``float32``; ``bf16`` runs the SAE forward under
+            ``torch.autocast(dtype=torch.bfloat16)`` (parameters, optimiser state and
+            the decoder renormalisation stay float32); ``auto`` picks ``bf16`` on a
+            CUDA device that supports it and ``float32`` elsewhere.
+        checkpoint_every: write a resumable checkpoint every this many steps (0: never).
     """
 
     batch_size: int = 1024
@@ -45,12 +50,18 @@ class TrainConfig:
     buffer_size: int = 65_536
     b_dec_init: str = "geometric_median"
     seed: int = 0
+    precision: str = "float32"
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.max_vectors <= 0:
             raise SaeAuditError("batch size and the number of training vectors must be positive")
         if self.lr <= 0:
             raise SaeAuditError("learning rate must be positive")
+        if self.precision not in ("float32", "bf16", "auto"):
+            raise SaeAuditError(f"precision {self.precision!r} must be float32, bf16 or auto")
+        if self.checkpoint_every < 0:
+            raise SaeAuditError("checkpoint interval must be >= 0 steps")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +107,8 @@ def train_saes(
     train: TrainConfig,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    checkpoint_dir=None,
+    resume: bool = False,
 ) -> list[tuple[TopKSAE, TrainSummary]]:
     """Train one SAE per config from a single pass over activation ``chunks``.
 
@@ -105,13 +118,21 @@ def train_saes(
         chunks: iterable of ``[n, d_in]`` float activation tensors (model units),
             e.g. :func:`sae_audit.train.stream.image_activations`.
         train: optimisation settings.
+        checkpoint_dir: folder for the resumable checkpoint written every
+            ``train.checkpoint_every`` steps (:mod:`sae_audit.train.checkpoint`).
+        resume: continue from the checkpoint in ``checkpoint_dir``. ``chunks``
+            must replay the same stream (a cache read with the same seed, or the
+            same model and images); the steps already done are skipped, so the
+            result equals an uninterrupted run's.
     Returns:
         ``(sae, summary)`` per config, SAEs in eval mode with ``norm_scale``
         recorded in their configs.
     Raises:
         SaeAuditError: the stream is empty, too short for the held-out split, or
-            the activations contain NaN.
+            the activations contain NaN; ``resume`` finds no checkpoint or one of
+            another run.
     """
+    from sae_audit.train import checkpoint as ckpt
     from sae_audit.train.stream import shuffled_batches
 
     if not configs:
@@ -153,9 +174,18 @@ def train_saes(
         runs.append(run)
 
     total_steps = max(1, math.ceil(train.max_vectors / train.batch_size))
-    bar = tqdm(total=train.max_vectors, unit="vec", unit_scale=True, desc="training", disable=not progress)
     step = 0
     vectors = 0
+    if resume:
+        if checkpoint_dir is None:
+            raise SaeAuditError("resume asked for but no checkpoint folder given")
+        step, vectors = ckpt.load_checkpoint(checkpoint_dir, runs, train)
+        for _ in range(step):  # replay the deterministic stream up to where the checkpoint was taken
+            if next(batches, None) is None:
+                raise SaeAuditError("the activation stream is shorter than the checkpoint; it is not the same data")
+    use_bf16 = resolve_precision(train.precision, device)
+    bar = tqdm(total=train.max_vectors, initial=vectors, unit="vec", unit_scale=True, desc="training",
+               disable=not progress)
     for x in batches:
         x = x.to(device)
         if not torch.isfinite(x).all():
@@ -164,7 +194,8 @@ def train_saes(
         for run in runs:
             for group in run.opt.param_groups:
                 group["lr"] = train.lr * factor
-            out = run.sae.training_loss(run.sae.normalise_input(x), run.data_mean)  # type: ignore[attr-defined]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = run.sae.training_loss(run.sae.normalise_input(x), run.data_mean)  # type: ignore[attr-defined]
             run.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             run.sae.remove_parallel_decoder_grad()
@@ -175,6 +206,8 @@ def train_saes(
         step += 1
         vectors += x.shape[0]
         bar.update(x.shape[0])
+        if checkpoint_dir is not None and train.checkpoint_every and step % train.checkpoint_every == 0:
+            ckpt.save_checkpoint(checkpoint_dir, runs, train, step, vectors)
         if step % 10 == 1:
             first = runs[0]
             bar.set_postfix(
@@ -210,6 +243,17 @@ def train_saes(
             )
         )
     return results
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """Whether to run the SAE forward under bf16 autocast (see :class:`TrainConfig`)."""
+    if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SaeAuditError("this GPU does not support bfloat16; use --precision float32")
+        return True
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return False
 
 
 @torch.no_grad()

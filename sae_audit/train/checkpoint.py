@@ -1,0 +1,108 @@
+"""Resumable training checkpoints for :func:`sae_audit.train.train_saes`.
+
+A checkpoint folder holds one file, ``state.pt``, written with ``torch.save``
+under a temporary name and renamed over the previous one (so a kill during a
+save leaves the previous checkpoint intact). It contains, for every SAE of the
+run: its config, parameters, the dead-latent counters (tokens since each latent
+last fired), the Adam state and the running training NMSE; plus the step, the
+vectors seen and the :class:`~sae_audit.train.trainer.TrainConfig`. It holds
+only tensors, numbers, strings and dicts, and is read back with
+``torch.load(weights_only=True)``, so nothing is unpickled with code execution.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+from pathlib import Path
+
+import torch
+
+from sae_audit.errors import SaeAuditError
+
+STATE_NAME = "state.pt"
+CHECKPOINT_SCHEMA_VERSION = 1
+
+
+def checkpoint_exists(folder) -> bool:
+    return folder is not None and (Path(folder) / STATE_NAME).is_file()
+
+
+def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
+    """Write the state of every run in ``runs`` after ``step`` steps (atomically).
+
+    Raises:
+        SaeAuditError: the disk is full or the folder is not writable (the previous
+            checkpoint is kept).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {
+        "schema_version": CHECKPOINT_SCHEMA_VERSION,
+        "step": int(step),
+        "vectors": int(vectors),
+        "train": train.to_dict(),
+        "runs": [
+            {
+                "config": run.sae.config.to_dict(),
+                "params": {k: v.detach().cpu() for k, v in run.sae.state_dict().items()},
+                "tokens_since_fired": run.sae.tokens_since_fired.detach().cpu(),
+                "optimizer": run.opt.state_dict(),
+                "nmse_ema": float(run.nmse_ema) if run.nmse_ema is not None else None,
+            }
+            for run in runs
+        ],
+    }
+    final = folder / STATE_NAME
+    tmp = folder / (STATE_NAME + ".tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else str(exc)
+        raise SaeAuditError(f"could not write the training checkpoint {final}: {why}") from None
+    return final
+
+
+def load_checkpoint(folder, runs, train) -> tuple[int, int]:
+    """Restore ``runs`` (built from the same configs) from ``folder``; return ``(step, vectors)``.
+
+    Raises:
+        SaeAuditError: no checkpoint, an unreadable one, or one written by a run
+            with other SAE configs or training settings.
+    """
+    path = Path(folder) / STATE_NAME
+    if not path.is_file():
+        raise SaeAuditError(f"no training checkpoint to resume from in {Path(folder)}; start without --resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise SaeAuditError(f"{path} is not a readable sae-audit checkpoint ({exc})") from None
+    if not isinstance(state, dict) or state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
+        raise SaeAuditError(f"{path} is not an sae-audit checkpoint of schema {CHECKPOINT_SCHEMA_VERSION}")
+    saved_train = dict(state["train"])
+    now = train.to_dict()
+    # The checkpoint interval may change between runs; everything else must match.
+    diff = sorted(k for k in now if k != "checkpoint_every" and saved_train.get(k) != now[k])
+    if diff:
+        raise SaeAuditError(
+            f"cannot resume: the checkpoint in {Path(folder)} was written with other training settings "
+            f"({', '.join(diff)}); rerun with the same options or start afresh with --overwrite"
+        )
+    if len(state["runs"]) != len(runs):
+        raise SaeAuditError(
+            f"cannot resume: the checkpoint holds {len(state['runs'])} SAEs, this run trains {len(runs)}"
+        )
+    for run, saved in zip(runs, state["runs"]):
+        mine = run.sae.config.to_dict()
+        theirs = dict(saved["config"])
+        mine.pop("norm_scale"), theirs.pop("norm_scale", None)
+        if mine != theirs:
+            raise SaeAuditError("cannot resume: the checkpoint was written for other SAE configs (k, lambda, width)")
+        run.sae.load_state_dict(saved["params"])
+        run.sae.tokens_since_fired.copy_(saved["tokens_since_fired"])
+        run.opt.load_state_dict(saved["optimizer"])
+        run.nmse_ema = saved["nmse_ema"]
+    return int(state["step"]), int(state["vectors"])
