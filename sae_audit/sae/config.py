@@ -10,7 +10,7 @@ from sae_audit.errors import SaeAuditError
 
 SAE_SCHEMA_VERSION = 1
 
-ARCHITECTURES = ("topk",)
+ARCHITECTURES = ("topk", "jumprelu", "relu")
 NORMALISATIONS = ("none", "scalar")
 
 
@@ -22,7 +22,15 @@ class SAEConfig:
         d_in: width of the activation vectors the SAE reads.
         d_sae: number of latents (dictionary size).
         k: training-time Top-k budget (latents kept per input).
-        architecture: ``"topk"`` (Gao et al. 2024, arXiv 2406.04093).
+        architecture: ``"topk"`` (Gao et al. 2024, arXiv 2406.04093); ``"jumprelu"``
+            (Rajamanoharan et al. 2024, arXiv 2407.14435: ``z = relu(h) * (h > threshold)``,
+            also how SAELens saves BatchTopK SAEs) and ``"relu"`` (standard ReLU SAE) are
+            read from other libraries' files for auditing; only ``topk`` is trained here.
+            For ``jumprelu``/``relu``, ``k`` caps the latents kept per input (``d_sae``: no cap).
+        apply_b_dec_to_input: subtract ``b_dec`` before encoding (SPEC section 1; SAELens'
+            option of the same name; saev does not).
+        topk_relu: apply ReLU to the selected Top-k values (SPEC section 1); ``False``
+            keeps raw values, as saev's TopK activation does.
         lambda_off: weight of the off-support L1 regulariser (arXiv 2606.27321); 0 disables it.
         lambda_ratio: weight of the L1/L2-ratio regulariser (arXiv 2606.27321); 0 disables it.
         aux_alpha: weight of the AuxK dead-latent loss (Gao et al.: 1/32).
@@ -44,6 +52,8 @@ class SAEConfig:
     d_sae: int
     k: int
     architecture: str = "topk"
+    apply_b_dec_to_input: bool = True
+    topk_relu: bool = True
     lambda_off: float = 0.0
     lambda_ratio: float = 0.0
     aux_alpha: float = 1.0 / 32.0

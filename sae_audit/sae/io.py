@@ -58,7 +58,8 @@ def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         (tmp / CONFIG_NAME).write_text(sae.config.to_json() + "\n")
-        tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in PARAM_NAMES}
+        names = PARAM_NAMES + (("threshold",) if hasattr(sae, "threshold") else ())
+        tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in names}
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "sae-audit"})
         if readme is not None:
             (tmp / "README.md").write_text(readme)
@@ -87,38 +88,72 @@ def _read_native(folder: Path) -> TopKSAE:
     except ValueError as exc:
         raise SaeAuditError(f"{folder / CONFIG_NAME} is not valid JSON: {exc}") from None
     config = SAEConfig.from_dict(raw)
+    return sae_from_tensors(config, read_safetensors(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; anything else (a pickle, a truncated file) is refused.
+
+    Raises:
+        SaeAuditError: the file is missing or not safetensors (it is never unpickled).
+    """
     try:
-        tensors = load_file(str(folder / WEIGHTS_NAME))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise SaeAuditError(
-            f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({exc}); "
-            "sae-audit never unpickles weights"
+            f"{path} is not a readable safetensors file ({exc}); sae-audit never unpickles weights"
         ) from None
+
+
+def sae_from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor], source) -> TopKSAE:
+    """Build the SAE of ``config`` from named tensors, checking every one.
+
+    Args:
+        tensors: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
+            ``b_dec [d_in]`` (any float dtype; stored as float32), plus ``threshold
+            [d_sae]`` for ``jumprelu``.
+        source: named in error messages.
+    Raises:
+        SaeAuditError: a tensor missing, of the wrong shape, not floating point, or
+            holding NaN/inf.
+    """
+    from sae_audit.sae.variants import build_sae, extra_params
+
     expected = {
         "W_enc": (config.d_in, config.d_sae),
         "b_enc": (config.d_sae,),
         "W_dec": (config.d_sae, config.d_in),
         "b_dec": (config.d_in,),
+        **extra_params(config),
     }
     missing = [n for n in expected if n not in tensors]
     if missing:
-        raise SaeAuditError(f"{folder / WEIGHTS_NAME} lacks tensors: {', '.join(missing)}")
-    sae = TopKSAE(config, seed=None)
+        raise SaeAuditError(f"{source} lacks tensors: {', '.join(missing)}")
+    sae = build_sae(config, seed=None)
     for name, shape in expected.items():
         t = tensors[name]
         if tuple(t.shape) != shape:
             raise SaeAuditError(
-                f"{folder / WEIGHTS_NAME}: {name} has shape {list(t.shape)}, config says {list(shape)}"
+                f"{source}: {name} has shape {list(t.shape)}, config says {list(shape)}"
             )
         if not t.is_floating_point():
-            raise SaeAuditError(f"{folder / WEIGHTS_NAME}: {name} has dtype {t.dtype}, expected a float type")
+            raise SaeAuditError(f"{source}: {name} has dtype {t.dtype}, expected a float type")
         if not torch.isfinite(t).all():
-            raise SaeAuditError(f"{folder / WEIGHTS_NAME}: {name} contains NaN or infinite values")
+            raise SaeAuditError(f"{source}: {name} contains NaN or infinite values")
         getattr(sae, name).data.copy_(t.to(torch.float32))
     return sae
 
 
 FORMAT_READERS: list[FormatReader] = [FormatReader("native", _is_native, _read_native)]
+
+
+def _register_builtin_formats() -> None:
+    from sae_audit.sae.formats import BUILTIN_READERS
+
+    FORMAT_READERS.extend(BUILTIN_READERS)
+
+
+_register_builtin_formats()
 
 
 def _resolve_hub(spec: str, revision: str | None) -> Path:

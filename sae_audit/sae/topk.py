@@ -95,6 +95,8 @@ class TopKSAE(nn.Module):
     # ------------------------------------------------------------------ inference
     def pre_activations(self, x_norm: torch.Tensor) -> torch.Tensor:
         """``[N, d_sae]`` pre-activations of *normalised* inputs ``[N, d_in]``."""
+        if not self.config.apply_b_dec_to_input:
+            return x_norm @ self.W_enc + self.b_enc
         return (x_norm - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: torch.Tensor, k: int | None = None) -> SparseCodes:
@@ -111,7 +113,7 @@ class TopKSAE(nn.Module):
         k = self._resolve_k(k)
         h = self.pre_activations(self.normalise_input(x))
         values, indices = h.topk(k, dim=1, sorted=False)
-        return SparseCodes(indices, torch.relu(values), self.d_sae)
+        return SparseCodes(indices, torch.relu(values) if self.config.topk_relu else values, self.d_sae)
 
     def decode(self, codes: SparseCodes | torch.Tensor) -> torch.Tensor:
         """Reconstruction ``[N, d_in]`` in model units from sparse codes or a dense ``[N, d_sae]`` tensor."""
