@@ -180,7 +180,7 @@ def _resolve_hub(spec: str, revision: str | None) -> Path:
 
 
 def resolve_sae_folder(spec: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder for ``spec``: the folder itself, or a hub snapshot of ``org/name[/subfolder]``."""
+    """A local folder for ``spec``: the folder itself, or a hub snapshot of ``org/name[/subfolder][@revision]``."""
     path = Path(spec)
     if path.is_dir():
         return path
@@ -189,6 +189,11 @@ def resolve_sae_folder(spec: str | os.PathLike, revision: str | None = None) -> 
     text = str(spec)
     if text.startswith((".", "/", "~")) or text.count("/") < 1:
         raise SaeAuditError(f"SAE folder {text!r} does not exist")
+    if "@" in text:  # org/name[/sub]@REVISION pins a revision from the spec alone
+        text, _, pinned = text.rpartition("@")
+        if revision is not None and revision != pinned:
+            raise SaeAuditError(f"SAE {spec!r} names revision {pinned!r} but revision={revision!r} was also given")
+        revision = pinned or None
     return _resolve_hub(text, revision)
 
 
@@ -198,7 +203,9 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
     Args:
         spec: a local folder, ``org/name`` or ``org/name/sub/folder`` on the hub
             (through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from a
-            warm cache).
+            warm cache), optionally ending in ``@REVISION``. Formats: native,
+            SAELens, saev, sparsify (:mod:`sae_audit.sae.formats`) and any reader
+            added to :data:`FORMAT_READERS`.
         revision: hub revision (branch, tag or commit hash) to pin.
         device: where to put the weights.
     Returns:

@@ -187,11 +187,23 @@ class TopKSAE(nn.Module):
         """Renormalise every row of ``W_dec`` to unit L2 norm."""
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def save_pretrained(self, out_dir, readme: str | None = None, overwrite: bool = False):
-        """Save in the native folder format (see :func:`sae_audit.sae.io.save_sae`)."""
+    def save_pretrained(self, out_dir, readme: str | None = None, overwrite: bool = False, metrics: dict | None = None):
+        """Save in the native folder format (see :func:`sae_audit.sae.io.save_sae`).
+
+        Writes a model card (README.md) with the config and ``metrics`` as YAML
+        metadata (:func:`sae_audit.sae.hub.model_card`) unless ``readme`` is given.
+        """
+        from sae_audit.sae.hub import model_card
         from sae_audit.sae.io import save_sae
 
-        return save_sae(self, out_dir, readme=readme, overwrite=overwrite)
+        return save_sae(self, out_dir, readme=readme if readme is not None else model_card(self.config, metrics),
+                        overwrite=overwrite)
+
+    def push_to_hub(self, repo_id: str, subfolder: str | None = None, create_pr: bool = False, **kwargs):
+        """Upload to the Hugging Face hub (see :func:`sae_audit.sae.hub.push_to_hub`)."""
+        from sae_audit.sae.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, subfolder=subfolder, create_pr=create_pr, **kwargs)
 
     @torch.no_grad()
     def init_b_dec(self, sample_norm: torch.Tensor, method: str = "geometric_median") -> None:

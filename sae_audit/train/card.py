@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from sae_audit.sae import SAEConfig
 
@@ -13,12 +12,16 @@ def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: in
     ``summary`` is a :class:`~sae_audit.train.trainer.TrainSummary`; ``dataset``
     the training set's ``describe()`` dict.
     """
-    meta = {
-        "library_name": "sae-audit",
-        "tags": ["sparse-autoencoder", "interpretability", "top-k-sae"],
-        "base_model": config.model,
+    from huggingface_hub import ModelCardData
+
+    from sae_audit.sae.hub import card_metadata
+
+    metrics = {
+        "heldout_fvu": summary.eval_fvu, "heldout_l0": summary.eval_l0,
+        "heldout_effective_units": summary.eval_effective_units, "dead_fraction": summary.dead_fraction,
+        "heldout_vectors": summary.eval_vectors, "training_vectors": summary.vectors, "steps": summary.steps,
     }
-    front = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items() if v is not None)
+    front = ModelCardData(**card_metadata(config, metrics)).to_yaml()
     reg = []
     if config.lambda_off:
         reg.append(f"off-support L1 (lambda_off = {config.lambda_off:g})")

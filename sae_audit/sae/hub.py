@@ -1,0 +1,121 @@
+"""Moving SAEs through the Hugging Face hub: model cards, ``push_to_hub``, pinned loading.
+
+- :func:`model_card`: a README.md whose YAML metadata holds the SAE's whole
+  config (``sae_config``) and its measured ``metrics``, written with
+  ``huggingface_hub.ModelCardData``.
+- :func:`push_to_hub`: save the SAE in the native format (plus its card) to a
+  temporary folder and upload it with ``HfApi.upload_folder`` to ``repo_id``
+  (optionally under ``subfolder``, optionally as a pull request).
+- Loading: :func:`sae_audit.sae.load_sae` takes ``org/name``,
+  ``org/name/sub/folder`` and a ``revision`` (branch, tag or commit hash), or
+  the same spec with ``@REVISION`` appended (``org/name/k32@3f2a...``); it goes
+  through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from a warm one.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sae_audit.errors import SaeAuditError
+
+_HUB_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_REPO_ID_RE = _HUB_MODEL_RE
+
+
+def card_metadata(config, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The YAML metadata of an SAE's card: library, tags, base model, ``sae_config``, ``metrics``."""
+    meta: dict[str, Any] = {
+        "library_name": "sae-audit",
+        "tags": ["sparse-autoencoder", "interpretability", f"{config.architecture}-sae"],
+        "sae_config": config.to_dict(),
+    }
+    if config.model and _HUB_MODEL_RE.match(str(config.model)):
+        meta["base_model"] = config.model
+    if metrics:
+        meta["metrics"] = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
+    return meta
+
+
+def model_card(config, metrics: dict[str, Any] | None = None, body: str | None = None) -> str:
+    """A model card (README.md text) with :func:`card_metadata` as YAML front matter.
+
+    Args:
+        config: the :class:`~sae_audit.sae.SAEConfig`.
+        metrics: measured numbers (e.g. ``{"heldout_fvu": 0.21, "dead_fraction": 0.0}``).
+        body: Markdown after the front matter; a short default names the SAE.
+    """
+    from huggingface_hub import ModelCardData
+
+    data = ModelCardData(**card_metadata(config, metrics))
+    if body is None:
+        where = f"`{config.hook_point}:{config.tokens}`" if config.hook_point else "an unrecorded hook point"
+        body = (
+            f"# {config.architecture} SAE for `{config.model}` at {where}\n\n"
+            f"d_in {config.d_in}, d_sae {config.d_sae}, k {config.k}. Load it with "
+            "`sae_audit.load_sae(\"REPO_ID\")`; every setting is in `config.json` and in the "
+            "`sae_config` metadata above.\n"
+        )
+    return f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}"
+
+
+def push_to_hub(
+    sae,
+    repo_id: str,
+    subfolder: str | None = None,
+    create_pr: bool = False,
+    *,
+    metrics: dict[str, Any] | None = None,
+    card: str | None = None,
+    revision: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+    token: str | None = None,
+    api=None,
+):
+    """Upload ``sae`` (native format + model card) to the hub repository ``repo_id``.
+
+    Args:
+        sae: a :class:`~sae_audit.sae.TopKSAE` (or any SAE class sharing its interface).
+        repo_id: ``org/name``; created (as a model repository) when missing.
+        subfolder: path inside the repository (several SAEs can share one repository).
+        create_pr: open a pull request instead of committing to ``revision``.
+        metrics: numbers for the card's metadata (ignored when ``card`` is given).
+        card: the whole README.md text; default :func:`model_card`.
+        revision: branch to commit to (default the main branch).
+        api: an object with ``create_repo`` and ``upload_folder`` like
+            ``huggingface_hub.HfApi`` (default ``HfApi(token=token)``).
+    Returns:
+        What ``upload_folder`` returns (a ``CommitInfo`` for the real hub).
+    Raises:
+        SaeAuditError: a malformed ``repo_id`` or ``subfolder``, or a hub error
+            (no token, no permission, no network).
+    """
+    from sae_audit.sae.io import save_sae
+
+    if not _REPO_ID_RE.match(repo_id or ""):
+        raise SaeAuditError(f"repo_id {repo_id!r} must look like 'org/name'")
+    if subfolder is not None:
+        subfolder = subfolder.strip("/")
+        if not subfolder or ".." in subfolder.split("/"):
+            raise SaeAuditError(f"subfolder {subfolder!r} must be a relative path inside the repository")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    text = card if card is not None else model_card(sae.config, metrics)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with tempfile.TemporaryDirectory(prefix="sae-audit-push-") as tmp:
+        folder = save_sae(sae, Path(tmp) / "sae", readme=text)
+        try:
+            api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
+            return api.upload_folder(
+                repo_id=repo_id, folder_path=str(folder), path_in_repo=subfolder, repo_type="model",
+                revision=revision, create_pr=create_pr,
+                commit_message=commit_message or f"Upload {sae.config.architecture} SAE (d_sae {sae.config.d_sae}, k {sae.config.k})",
+            )
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            raise SaeAuditError(f"could not push the SAE to {repo_id!r}: {exc}") from None
