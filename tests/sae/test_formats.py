@@ -202,3 +202,26 @@ def test_pickles_are_refused_never_unpickled(tmp_path, capsys):
     with pytest.raises(SaeAuditError, match="not a saev checkpoint"):
         load_sae(d)
     assert "unpickled!" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "relu"])
+def test_imported_architectures_run_through_the_whole_audit(arch, tiny_model_dir, tiny_image_folder, tmp_path):
+    """A JumpReLU/ReLU SAE (variable code width) goes through the CLI audit like a Top-k one."""
+    from sae_audit.cli import main
+    from sae_audit.sae import SAEConfig
+    from sae_audit.sae.variants import build_sae
+    from sae_audit.testing import make_image_folder
+
+    sae = build_sae(SAEConfig(d_in=32, d_sae=64, k=64, architecture=arch, hook_point="block.2", tokens="patch"))
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.5)
+        if arch == "jumprelu":
+            sae.threshold.fill_(0.1)
+    folder = save_sae(sae, tmp_path / "sae")
+    ood = make_image_folder(tmp_path / "ood", n_per_class=2, classes=("x", "y"), seed=4)
+    out = tmp_path / "audit"
+    assert main(["run", str(tiny_model_dir), "--sae", str(folder), "--id", str(tiny_image_folder), "--ood",
+                 str(ood), "--out", str(out), "--device", "cpu", "-q"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    entry = results["saes"][0]
+    assert entry["config"]["architecture"] == arch
