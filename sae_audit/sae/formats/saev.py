@@ -16,7 +16,9 @@ writes it:
   header's ``cls`` in schema 1). ``encode`` does *not* subtract ``b_dec``, and
   TopK keeps the raw selected values (no ReLU); saev's BatchTopK activation
   also selects per sample at inference. So: ``apply_b_dec_to_input=False``,
-  ``topk_relu=False``.
+  ``topk_relu=False``. A selected value can then be negative: it still
+  enters the reconstruction, but the audit's firing statistics count only
+  values > 0 as firing.
 """
 
 from __future__ import annotations
