@@ -290,8 +290,9 @@ def cmd_train(args) -> int:
     if args.cache:
         from sae_audit.train.cache import ActivationCache
 
-        if args.data:
-            raise SaeAuditError("give either --cache or --data, not both")
+        if args.data or args.model:
+            raise SaeAuditError("give either --cache or MODEL with --data, not both "
+                                "(the cache records its model)")
         cache = ActivationCache.open(args.cache)
         meta = cache.meta
         if args.hook and HookPoint.parse(args.hook, args.tokens).name != meta["hook_point"]:

@@ -115,7 +115,7 @@ def test_resume_refuses_other_settings_and_missing_or_pickled_checkpoints(cache_
 
 def test_train_cli_from_cache_checks_its_arguments(cache_dir, tmp_path, capsys):
     assert main(["train", "--cache", str(cache_dir), "--data", "digits", *TRAIN, "--out", str(tmp_path / "a")]) == 2
-    assert "either --cache or --data" in capsys.readouterr().err
+    assert "either --cache or MODEL" in capsys.readouterr().err
     assert main(["train", "--cache", str(cache_dir), "--hook", "block.3", *TRAIN, "--out", str(tmp_path / "b")]) == 2
     assert "contradicts the cache" in capsys.readouterr().err
     assert main(["train", *TRAIN, "--out", str(tmp_path / "c")]) == 2
