@@ -332,6 +332,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*use_fast.*")
+    # Large but legitimate images (two clip-art PNGs of ~170 MP) are decoded
+    # anyway; images past Pillow's hard limit are skipped and counted.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     try:
         import transformers
 

@@ -8,6 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# Byte-identical figures for identical results: fixed SVG element ids, no dates.
+matplotlib.rcParams["svg.hashsalt"] = "sae-audit"
 import numpy as np  # noqa: E402
 
 # Colour-blind-safe (Okabe-Ito); each dataset also gets its own line style, so
@@ -59,7 +62,7 @@ def frequency_scatter(sae_entry: dict, id_name: str, ood_names: list[str]):
 def to_svg(fig) -> str:
     """The figure as an inline ``<svg>`` string (closes the figure)."""
     buf = io.StringIO()
-    fig.savefig(buf, format="svg")
+    fig.savefig(buf, format="svg", metadata={"Date": None})
     plt.close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
@@ -67,6 +70,6 @@ def to_svg(fig) -> str:
 
 def to_png_bytes(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
