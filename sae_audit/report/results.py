@@ -61,23 +61,28 @@ def local_revision(path: str | os.PathLike) -> str | None:
 
 
 def files_sha256(folder: str | os.PathLike, pattern: str = "*.safetensors") -> str | None:
-    """``sha256:<64 hex>`` over the files of ``folder`` matching ``pattern`` (sorted by name).
+    """``sha256:<64 hex>`` of the files of ``folder`` matching ``pattern``; ``None`` when none match.
 
-    Each file contributes its name, its size and its bytes, so renaming or
-    reordering files changes the hash. ``None`` when no file matches.
+    One file: the SHA-256 of its bytes (what ``sha256sum FILE`` prints). Several
+    files: the SHA-256 of the ``sha256sum`` listing of them, sorted by name
+    (``"<hex>  <name>\\n"`` per file), so renaming a shard changes it too.
     """
     import hashlib
 
     files = sorted(Path(folder).glob(pattern))
     if not files:
         return None
-    digest = hashlib.sha256()
+    hexes = []
     for f in files:
-        digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        digest = hashlib.sha256()
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    return "sha256:" + digest.hexdigest()
+        hexes.append(digest.hexdigest())
+    if len(files) == 1:
+        return "sha256:" + hexes[0]
+    listing = "".join(f"{h}  {f.name}\n" for h, f in zip(hexes, files))
+    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
 
 
 def dataset_fingerprint(image_set) -> dict:

@@ -150,6 +150,8 @@ SECTION_BUILDERS: list[Callable[[dict], list[Section]]] = []
 
 # Per-latent detail is capped: rows per latent table in the report.
 MAX_LATENT_ROWS = 10
+# Class names listed per image set in the setup table.
+MAX_CLASSES = 12
 
 
 def _names(results: dict) -> tuple[str, list[str]]:
@@ -221,7 +223,8 @@ def _setup_table(results: dict) -> Table:
     ]
     for d in results["datasets"]:
         classes = d.get("classes") or []
-        cls_text = f", {len(classes)} classes" if classes else ""
+        shown = ", ".join(classes[:MAX_CLASSES]) + (", ..." if len(classes) > MAX_CLASSES else "")
+        cls_text = f", {len(classes)} classes ({shown})" if classes else ""
         rows.append([f"{d['role'].upper()} set", f"{d['name']}: {d['n_images']:,} images{cls_text}, "
                                                  f"{d.get('n_skipped', 0)} unreadable skipped"])
     return Table("Setup", ["", ""], rows, headless=True)
