@@ -199,7 +199,10 @@ def verdict(results: dict) -> list[str]:
             if gaps:
                 best[ood] = min(gaps)[1]
         winners = set(best.values())
-        if len(winners) == 1 and len(best) == len(ood_names):
+        if len(winners) == 1 and len(best) == len(ood_names) == 1:
+            lines.insert(0, f"Verdict: {winners.pop()} covers {ood_names[0]} best (smallest reconstruction gap "
+                            "FVU_OOD − FVU_ID).")
+        elif len(winners) == 1 and len(best) == len(ood_names):
             lines.insert(0, f"Verdict: {winners.pop()} covers every OOD set best (smallest reconstruction gap "
                             f"FVU_OOD − FVU_ID on all {len(ood_names)}).")
         elif best:
