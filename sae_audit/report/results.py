@@ -125,9 +125,8 @@ def dataset_fingerprint(image_set) -> dict:
 
 
 def provenance(seed: int | None = None, command: str | None = None) -> dict:
-    """Versions of Python and the key packages, the platform, installed plugins and seeds."""
+    """Versions of Python and the key packages, the platform, installed plugins, seeds and the command line."""
     import platform
-    import sys
     from importlib import metadata
 
     packages = {}
@@ -149,7 +148,7 @@ def provenance(seed: int | None = None, command: str | None = None) -> dict:
         "packages": packages,
         "plugins": plugins,
         "seeds": {"subset": seed},
-        "command": command if command is not None else " ".join(["sae-audit", *sys.argv[1:]]) or None,
+        "command": command,  # the CLI fills in its command line; None from the Python API
     }
 
 
