@@ -259,7 +259,9 @@ def cmd_run(args) -> int:
     results = run_audit(vm, saes, id_set, ood_sets, config, progress=not args.quiet)
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     if getattr(args, "argv", None) is not None:
-        results["provenance"]["command"] = " ".join(["sae-audit", *map(str, args.argv)])
+        import shlex
+
+        results["provenance"]["command"] = shlex.join(["sae-audit", *map(str, args.argv)])
     paths = write_reports(results, out)
     for p in paths:
         _info(f"wrote {p}")
