@@ -209,12 +209,12 @@ def hub_token(token: str | None = None) -> str:
     from huggingface_hub import constants, get_token
 
     if constants.HF_HUB_OFFLINE:
-        raise SaeAuditError("HF_HUB_OFFLINE is set: cannot push; the card was written locally only. "
-                            "Unset HF_HUB_OFFLINE to push")
+        raise SaeAuditError("HF_HUB_OFFLINE is set: cannot push, nothing was uploaded. Unset HF_HUB_OFFLINE "
+                            "to push, or drop --push to write the card locally")
     token = token or get_token()
     if not token:
         raise SaeAuditError("no Hugging Face token: set HF_TOKEN or run `hf auth login`, then push again; "
-                            "nothing was uploaded (the card was written locally)")
+                            "nothing was uploaded (drop --push to write the card locally)")
     return token
 
 
