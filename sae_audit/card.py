@@ -130,9 +130,17 @@ def card_section(results: dict, report_link: str) -> str:
 
 # --------------------------------------------------------------------------- writing a card
 def card_path(path: str | os.PathLike) -> Path:
-    """``path`` itself, or ``path/README.md`` for a folder."""
+    """``path`` itself, or ``path/README.md`` for a folder.
+
+    Raises:
+        SaeAuditError: ``path`` ends with a slash (a folder) that does not exist.
+    """
     p = Path(path)
-    return p / "README.md" if p.is_dir() else p
+    if p.is_dir():
+        return p / "README.md"
+    if str(path).endswith(("/", os.sep)):
+        raise SaeAuditError(f"model card folder {path} does not exist")
+    return p
 
 
 def update_card_text(text: str, results: dict, report_link: str, where: str = "model card",

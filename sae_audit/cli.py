@@ -441,7 +441,9 @@ def cmd_card(args) -> int:
         link = args.report_url or "sae-audit/report.md"
         source = args.report_url or f"https://huggingface.co/{args.push}/blob/main/sae-audit/report.md"
     else:
-        link = args.report_url or os.path.relpath(report_dir / "report.md", card.resolve().parent)
+        report = next((report_dir / n for n in ("report.md", "report.html") if (report_dir / n).is_file()),
+                      report_dir / "report.md")
+        link = args.report_url or os.path.relpath(report, card.resolve().parent)
         source = link
     path = update_card(results, card, link, source_url=source)
     _info(f"wrote {path}")

@@ -175,3 +175,10 @@ def test_bad_repo_id(audit_dir, tmp_path, monkeypatch, capsys, no_network):
     assert main(["card", "--results", str(audit_dir / "results.json"), "--card", str(tmp_path),
                  "--push", "not a repo"]) == 2
     assert "not a hub repository id" in capsys.readouterr().err
+
+
+def test_a_missing_card_folder_is_refused(results, tmp_path):
+    with pytest.raises(SaeAuditError, match="does not exist"):
+        update_card(results, str(tmp_path / "no-such-folder") + "/", "r.md")
+    with pytest.raises(SaeAuditError, match="does not exist"):
+        update_card(results, tmp_path / "no-such-folder" / "README.md", "r.md")
