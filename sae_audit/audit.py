@@ -126,7 +126,10 @@ def audit_image_set(
             acc.accumulate(
                 SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad)
             )
+    from sae_audit.report.results import dataset_fingerprint
+
     description = dict(image_set.describe())
+    description.update(dataset_fingerprint(image_set))
     description.update(
         {
             "n_images": n_images,
@@ -137,6 +140,14 @@ def audit_image_set(
     if n_images == 0:
         raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
     return accs, description
+
+
+def _weights_hash(item: AuditedSAE, resolve, digest) -> str | None:
+    """``sha256:`` of the SAE's safetensors files, or ``None`` if its folder is not on disk."""
+    try:
+        return digest(resolve(item.spec))
+    except (SaeAuditError, OSError):
+        return None
 
 
 def run_audit(
@@ -156,7 +167,8 @@ def run_audit(
         SaeAuditError: no SAE, an SAE incompatible with the model, duplicate set
             names, an empty or unreadable image set.
     """
-    from sae_audit.report.results import build_results
+    from sae_audit.report.results import build_results, files_sha256
+    from sae_audit.sae.io import resolve_sae_folder
 
     if not saes:
         raise SaeAuditError("no SAE to audit: pass at least one --sae")
@@ -187,6 +199,7 @@ def run_audit(
                 "spec": item.spec,
                 "label": item.label,
                 "hook_point": str(item.hook_point),
+                "weights_sha256": _weights_hash(item, resolve_sae_folder, files_sha256),
                 "config": item.sae.config.to_dict(),
                 "datasets": stats,
                 "pairs": pairs,

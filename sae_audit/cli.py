@@ -1,7 +1,8 @@
 """The ``sae-audit`` command line: parses arguments, calls the library, sets exit codes.
 
-Exit codes: 0 success; 2 a usage or input error (the message says what to
-fix; no traceback); 3 an internal error (a bug: the traceback is printed);
+Exit codes: 0 success; 1 a ``--fail-on`` condition holds (the audit and its
+reports are still written); 2 a usage or input error (the message says what
+to fix; no traceback); 3 an internal error (a bug: the traceback is printed);
 130 interrupted.
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from sae_audit.errors import SaeAuditError
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 130
+EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DESCRIPTION = """\
 Audit vision foundation models with sparse autoencoders (SAEs): which SAE
@@ -83,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="token set for SAEs whose config records none")
     run.add_argument("--dense-threshold", type=float, default=0.1, metavar="F",
                      help="a latent firing on more than F of the inputs counts as dense (default 0.1)")
+    run.add_argument("--fail-on", action="append", default=[], metavar="COND",
+                     help="exit 1 when COND holds for any SAE, e.g. 'fvu_gap>0.2', 'fvu[digits]>=0.5', "
+                          "'shared_alive<0.8' (repeatable; any metric of results.json; the reports are "
+                          "still written)")
+    run.add_argument("--format", dest="output_format", choices=["text", "json"], default="text",
+                     help="json: print a summary (verdict, key metrics, --fail-on outcomes, files) as JSON "
+                          "on stdout (default text: progress and file names on stderr only)")
     run.set_defaults(func=cmd_run)
 
     train = sub.add_parser(
@@ -148,7 +156,34 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, metavar="DIR")
     render.add_argument("--format", default="md,html", help="comma-separated: md, html (default md,html)")
     render.set_defaults(func=cmd_report_render)
+    diff = rsub.add_parser("diff", help="what changed between two audits (Markdown)",
+                           description="Compare two results.json files: metrics side by side with deltas "
+                                       "(better/worse from each metric's direction) and the latents whose "
+                                       "firing frequency changed most. Markdown on stdout, or to --out.")
+    diff.add_argument("a", metavar="A_JSON", help="the earlier (baseline) results.json")
+    diff.add_argument("b", metavar="B_JSON", help="the later results.json")
+    diff.add_argument("--out", metavar="FILE", help="write the Markdown to FILE instead of stdout")
+    diff.add_argument("--top", type=int, default=10, metavar="N", help="latents listed per SAE and set (default 10)")
+    diff.set_defaults(func=cmd_report_diff)
     report.set_defaults(func=lambda args: _help(report))
+
+    card = sub.add_parser(
+        "card", help="add the audit to a Hugging Face model card (local file or folder; optionally push)",
+        description="Insert or replace the marked sae-audit section of a model card and its model-index "
+                    "eval results (huggingface_hub EvalResult; idempotent). With --push, upload the card and "
+                    "the report files next to RESULTS_JSON to a hub repository in one commit, as a pull "
+                    "request by default. The token comes from HF_TOKEN or `hf auth login`.",
+    )
+    card.add_argument("--results", required=True, metavar="RESULTS_JSON")
+    card.add_argument("--card", required=True, metavar="PATH",
+                      help="the model card file (README.md), or a folder holding it; created if missing")
+    card.add_argument("--report-url", metavar="URL",
+                      help="where the card links the report (default: the report's path relative to the card, "
+                           "or sae-audit/report.md in the repository with --push)")
+    card.add_argument("--push", metavar="REPO_ID", help="upload the card and report files to this hub model repo")
+    card.add_argument("--no-pr", action="store_true", help="with --push: commit directly instead of opening a PR")
+    card.add_argument("--revision", help="with --push: the branch to commit to or open the PR against")
+    card.set_defaults(func=cmd_card)
     return parser
 
 
@@ -195,10 +230,18 @@ def cmd_run(args) -> int:
     from sae_audit.report import write_reports
     from sae_audit.sae import load_sae
 
+    from sae_audit.report.gate import parse_condition
+
     _check_common(args)
+    conditions = [parse_condition(c) for c in args.fail_on]  # before any work: a typo fails fast
     out = prepare_out_dir(args.out, args.overwrite)
     id_set = open_image_set(args.id_set, args.max_images, args.seed)
     ood_sets = [open_image_set(s, args.max_images, args.seed) for s in args.ood]
+    set_names = [id_set.name] + [s.name for s in ood_sets]
+    for c in conditions:
+        if c.where is not None and c.where not in set_names:
+            raise SaeAuditError(f"--fail-on {c.text!r}: no image set {c.where!r} in this audit "
+                                f"(sets: {', '.join(set_names)})")
     saes = []
     for spec in args.sae:
         sae = load_sae(spec)
@@ -215,10 +258,50 @@ def cmd_run(args) -> int:
     t0 = time.perf_counter()
     results = run_audit(vm, saes, id_set, ood_sets, config, progress=not args.quiet)
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    if getattr(args, "argv", None) is not None:
+        import shlex
+
+        results["provenance"]["command"] = shlex.join(["sae-audit", *map(str, args.argv)])
     paths = write_reports(results, out)
     for p in paths:
         _info(f"wrote {p}")
-    return EXIT_OK
+    return _gate(args, results, conditions, out, paths)
+
+
+def _gate(args, results: dict, conditions, out: Path, paths) -> int:
+    """Evaluate ``--fail-on``, print the JSON summary if asked; the exit code."""
+    import json
+
+    from sae_audit.report.gate import evaluate
+    from sae_audit.report.view import verdict
+
+    evaluate(conditions, results)
+    failed = [c for c in conditions if c.holds]
+    for c in failed:
+        worst = ", ".join(f"{m['sae']} on {m['set']}: {m['value']:.4g}" for m in c.matches[:3])
+        _info(f"--fail-on {c.text} holds ({worst})")
+    code = EXIT_FAIL_ON if failed else EXIT_OK
+    if args.output_format == "json":
+        id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
+        summary = {
+            "exit_code": code,
+            "results": str(out / "results.json"),
+            "files": [str(p) for p in paths],
+            "model": results["model"]["name"],
+            "verdict": verdict(results),
+            "saes": [
+                {"label": s["label"], "spec": s["spec"],
+                 "datasets": {n: {k: d.get(k) for k in ("fvu", "alive_fraction", "dead_fraction", "l0_mean")}
+                              for n, d in s["datasets"].items()},
+                 "pairs": [{k: p.get(k) for k in ("id", "ood", "fvu_gap", "shared_alive", "n_ood_only",
+                                                   "n_id_only", "js_divergence", "spearman")} for p in s["pairs"]]}
+                for s in results["saes"]
+            ],
+            "id_set": id_name,
+            "fail_on": [c.to_json() for c in conditions],
+        }
+        print(json.dumps(summary, indent=1, allow_nan=False))
+    return code
 
 
 def _label(spec: str, sae) -> str:
@@ -327,6 +410,52 @@ def cmd_report_render(args) -> int:
     return EXIT_OK
 
 
+def cmd_report_diff(args) -> int:
+    from sae_audit.report.diff import diff_results, render_diff_markdown
+    from sae_audit.report.results import atomic_write_text, load_results
+
+    if args.top < 0:
+        raise SaeAuditError("--top must be >= 0")
+    a, b = load_results(args.a), load_results(args.b)
+    text = render_diff_markdown(diff_results(a, b, str(args.a), str(args.b), top=args.top))
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise SaeAuditError(f"--out {out} is a folder; pass a file name such as {out / 'diff.md'}")
+        atomic_write_text(out, text)
+        _info(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_card(args) -> int:
+    from sae_audit.card import card_path, hub_token, push_card, update_card
+    from sae_audit.report.results import load_results
+
+    results = load_results(args.results)
+    report_dir = Path(args.results).resolve().parent
+    card = card_path(args.card)
+    if args.push:
+        hub_token()  # no token, or offline: say so before touching anything
+        link = args.report_url or "sae-audit/report.md"
+        source = args.report_url or f"https://huggingface.co/{args.push}/blob/main/sae-audit/report.md"
+    else:
+        report = next((report_dir / n for n in ("report.md", "report.html") if (report_dir / n).is_file()),
+                      report_dir / "report.md")
+        link = args.report_url or os.path.relpath(report, card.resolve().parent)
+        source = link
+    path = update_card(results, card, link, source_url=source)
+    _info(f"wrote {path}")
+    if args.push:
+        files = {f"sae-audit/{p.relative_to(report_dir).as_posix()}": p
+                 for p in [report_dir / "results.json", report_dir / "report.md", report_dir / "report.html",
+                           *sorted((report_dir / "figures").glob("*.png"))] if p.is_file()}
+        url = push_card(args.push, path, files, create_pr=not args.no_pr, revision=args.revision)
+        _info(f"pushed {len(files) + 1} file(s) to {args.push}: {url}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- entry point
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -350,6 +479,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

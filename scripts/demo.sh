@@ -22,4 +22,10 @@ $SA train "$MODEL" --hook block.8 --tokens patch --data fashion-mnist:train "${C
 $SA run "$MODEL" --sae "$SAES/k16-off0-ratio0" --sae "$SAES/k16-off0-ratio0.01" \
   --id fashion-mnist:test --ood digits --ood clipart --max-images 2000 "${COMMON[@]}" \
   --out reports/demo --overwrite
+# The model-card section this audit produces (a local card; nothing is pushed),
+# and what changed against the committed 200-image audit of the same SAEs.
+rm -f reports/demo/model-card.md
+$SA card --results reports/demo/results.json --card reports/demo/model-card.md
+$SA report diff reports/examples/demo-200/results.json reports/demo/results.json \
+  --out reports/examples/diff-200-vs-demo.md
 echo "==> demo done in $(( $(date +%s) - start )) s (after set-up): open reports/demo/report.html"

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist openclipart-png opencv-doc)
+APT_PACKAGES=(dataset-fashion-mnist openclipart-png opencv-doc chromium chromium-driver)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
-if ! .venv/bin/python -c "import sae_audit, pytest, onnxruntime, sklearn" 2>/dev/null; then
+if ! .venv/bin/python -c "import sae_audit, pytest, onnxruntime, sklearn, selenium, markdown_it, jsonschema" 2>/dev/null; then
   echo "==> installing sae-audit into .venv"
   # Prefer the CPU build of torch 2.13.0 where this machine has it on disk (no
   # multi-GB download); anywhere else pip picks a torch that fits the range.
