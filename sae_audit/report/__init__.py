@@ -26,16 +26,20 @@ def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_js
 
     Every file is written under a temporary name and renamed into place, so a
     failure never leaves a half-written report over a good one. Rendering
-    happens before anything is written.
+    happens before anything is written. Plugins' report sections
+    (``sae_audit_register_report_sections``) are rendered from ``results``;
+    one that fails becomes a visible error note and the rest is written.
     """
     from sae_audit import __version__
     from sae_audit.report import plots
     from sae_audit.report.html import render_html
     from sae_audit.report.markdown import render_markdown
+    from sae_audit.plugins import get_plugin_manager
     from sae_audit.report.view import build_view
 
     out_dir = Path(out_dir)
     view = build_view(results)
+    sections = get_plugin_manager().render_report_sections(results)
     outputs: dict[str, str | bytes] = {}
     if write_json:
         outputs["results.json"] = dump_results(results)
@@ -45,11 +49,11 @@ def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_js
         for name, fig, alt in figs:
             outputs[f"figures/{name}.png"] = plots.to_png_bytes(fig)
             md_figs.append({"path": f"figures/{name}.png", "alt": alt})
-        outputs["report.md"] = render_markdown(view, md_figs)
+        outputs["report.md"] = render_markdown(view, md_figs, sections)
         figs = list(_figures(results)) if "html" in formats else []
     if "html" in formats:
         html_figs = [{"svg": plots.to_svg(fig), "alt": alt} for _, fig, alt in figs]
-        outputs["report.html"] = render_html(view, html_figs, __version__)
+        outputs["report.html"] = render_html(view, html_figs, __version__, sections)
     written = []
     for rel, content in outputs.items():
         path = out_dir / rel

@@ -30,9 +30,13 @@ def html_table(t: Table, headless: bool = False) -> Markup:
     return Markup("\n".join(parts))
 
 
-def render_html(view: View, figures: list[dict], tool_version: str) -> str:
-    """Render ``view``; ``figures`` are ``{"svg": inline svg markup, "alt": text}`` dicts."""
+def render_html(view: View, figures: list[dict], tool_version: str, sections=()) -> str:
+    """Render ``view``; ``figures`` are ``{"svg": inline svg markup, "alt": text}`` dicts.
+
+    ``sections``: plugins' :class:`~sae_audit.plugins.RenderedSection` list (their
+    HTML fragments are inserted as the plugins wrote them), placed before the method.
+    """
     env = Environment(loader=PackageLoader("sae_audit.report", "templates"),
                       autoescape=select_autoescape(["html", "j2"]))
     return env.get_template("report.html.j2").render(view=view, figures=figures, table=html_table,
-                                                     tool_version=tool_version)
+                                                     tool_version=tool_version, sections=list(sections))

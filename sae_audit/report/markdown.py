@@ -25,11 +25,14 @@ def md_table(t: Table, headless: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(view: View, figures: list[dict]) -> str:
-    """Render ``view``; ``figures`` are ``{"path": relative path, "alt": text}`` dicts."""
+def render_markdown(view: View, figures: list[dict], sections=()) -> str:
+    """Render ``view``; ``figures`` are ``{"path": relative path, "alt": text}`` dicts.
+
+    ``sections``: plugins' :class:`~sae_audit.plugins.RenderedSection` list, placed before the method.
+    """
     env = Environment(loader=PackageLoader("sae_audit.report", "templates"), autoescape=False,
                       keep_trailing_newline=True)
     tmpl = env.get_template("report.md.j2")
-    text = tmpl.render(view=view, figures=figures, table=md_table, md=md_escape,
+    text = tmpl.render(view=view, figures=figures, sections=list(sections), table=md_table, md=md_escape,
                        html=lambda s: _html.escape(str(s)))
     return re.sub(r"\n{3,}", "\n\n", text)

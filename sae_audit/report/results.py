@@ -9,6 +9,8 @@ Top level (schema version 1)::
     settings         the audit's settings (batch size, dense threshold, ...)
     datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes}]
     saes             [{spec, label, hook_point, config, datasets: {name: metrics}, pairs: [...]}]
+    plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
+    extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
 Every renderer reads this document alone.
 """
@@ -55,8 +57,11 @@ def local_revision(path: str | os.PathLike) -> str | None:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) -> dict:
-    """Assemble the results document with provenance (see the module docstring)."""
+def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict, plugins: list[dict] | None = None) -> dict:
+    """Assemble the results document with provenance (see the module docstring).
+
+    ``plugins`` defaults to every plugin loaded in the process-wide plugin manager.
+    """
     from sae_audit import __version__
 
     return {
@@ -76,7 +81,14 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) ->
         "settings": settings,
         "datasets": datasets,
         "saes": saes,
+        "plugins": plugins if plugins is not None else _loaded_plugins(),
     }
+
+
+def _loaded_plugins() -> list[dict]:
+    from sae_audit.plugins import get_plugin_manager
+
+    return get_plugin_manager().provenance()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

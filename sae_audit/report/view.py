@@ -157,6 +157,8 @@ def build_view(results: dict) -> View:
         ["sae-audit", f"{tool.get('version')} (git {tool.get('git_revision') or 'n/a'})"],
         ["created", str(results.get("created"))],
         ["results schema", str(results.get("schema_version"))],
+        ["plugins", ", ".join(f"{p.get('name')} {p.get('version') or ''}".strip()
+                              for p in results.get("plugins") or []) or "n/a"],
     ] + [[k, str(v)] for k, v in settings.items()]
     provenance = Table("Provenance", ["", ""], prov_rows)
 
