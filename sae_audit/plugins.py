@@ -366,7 +366,7 @@ class PluginManager:
     def _fail(self, name, distribution, version, stage, error) -> None:
         failure = PluginFailure(name, distribution, version, stage, error)
         self.failures.append(failure)
-        where = f" (distribution {distribution} {version})" if distribution else ""
+        where = f" (distribution {distribution} {version or ''})".replace(" )", ")") if distribution else ""
         msg = f"plugin {name!r}{where} failed to {'load' if stage != 'register' else 'register'}: {error}"
         if self.strict:
             raise PluginError(msg)
@@ -379,7 +379,7 @@ class PluginManager:
             return f"plugin {plugin!r}"
         if info.builtin:
             return "sae-audit itself (built-in)"
-        dist = f", distribution {info.distribution} {info.version}" if info.distribution else ""
+        dist = f", distribution {info.distribution} {info.version or ''}".rstrip() if info.distribution else ""
         return f"plugin {plugin!r}{dist}"
 
     def _collect_registrations(self, plugin: str) -> list[Registration]:
@@ -615,7 +615,8 @@ class PluginManager:
             raise PluginError(f"{self._who(culprit)} failed in hook {hook_name}: {_one_line(exc)}") from exc
 
     def call_each(self, hook_name: str, **kwargs) -> Iterator[tuple[str, Any]]:
-        """Call each implementation of ``hook_name`` in turn; yields ``(plugin name, result)``.
+        """Call each implementation of ``hook_name`` in load order (built-in first); yields
+        ``(plugin name, result)``.
 
         Wrappers are not applied (use :meth:`call` for hooks that have them).
 
@@ -623,7 +624,7 @@ class PluginManager:
             PluginError: an implementation raised (names the plugin and the hook).
         """
         hook = getattr(self.pm.hook, hook_name)
-        for impl in reversed(hook.get_hookimpls()):
+        for impl in hook.get_hookimpls():
             if impl.hookwrapper or impl.wrapper:
                 continue
             try:
