@@ -280,11 +280,13 @@ class PluginManager:
 
     # ------------------------------------------------------------------ loading
     def load_entry_points(self, allow: set[str] | None = None) -> None:
-        """Load every plugin of the ``sae_audit`` entry-point group (or those in ``allow``), one at a time."""
-        seen: set[str] = set()
+        """Load every plugin of the ``sae_audit`` entry-point group (or those in ``allow``), one at a
+        time, in the order of their entry-point names."""
         matched: set[str] = set()
-        for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.module == BUILTIN_MODULE or ep.name in seen:
+        # sorted by name: the load order (and so the order format readers are tried) is reproducible
+        eps = sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.name, e.value))
+        for ep in eps:
+            if ep.module == BUILTIN_MODULE:
                 continue
             dist = getattr(ep, "dist", None)
             dist_name = dist.metadata["Name"] if dist is not None else None
@@ -294,7 +296,6 @@ class PluginManager:
                 if not hit:
                     continue
                 matched |= hit
-            seen.add(ep.name)
             if ep.name in self.infos:
                 self._fail(ep.name, dist_name, version, "validate",
                            f"the plugin name {ep.name!r} is already taken by {self._who(ep.name)}")
