@@ -1,18 +1,19 @@
 """Every hook a plugin can implement: the hook reference.
 
 A plugin is a module (or any object) with functions named after these hooks
-and marked with :data:`hookimpl`; it is found through the ``sae_audit``
-entry-point group (see :mod:`sae_audit.plugins` and ``docs/plugins.md``).
-``docs/hooks.md`` is generated from the docstrings below
-(``python -m sae_audit.plugins --hook-reference``) and a test checks that it is
-up to date.
+and marked with :data:`hookimpl` (``from sae_audit.hookspecs import hookimpl``);
+it is found through the ``sae_audit`` entry-point group (see
+:mod:`sae_audit.plugins` and ``docs/plugins.md``). ``docs/hooks.md`` is
+generated from the docstrings here (``python -m sae_audit.plugins
+--hook-reference``) and a test checks that it is up to date.
 
 Three kinds of hook:
 
 - **register hooks** (``sae_audit_register_*``) receive a ``register``
   callback and call it once per thing they contribute; every plugin's
   contributions are merged, and two plugins registering the same name is a
-  conflict error naming both;
+  conflict error naming both. A register hook that raises, passes the wrong
+  types or returns a value leaves its plugin out (reported by name);
 - **first-result hooks** stop at the first implementation that returns
   something other than ``None``;
 - **lifecycle hooks** are called around an audit run; implement them with
@@ -39,8 +40,9 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def sae_audit_register_model_adapters(register):
     """Register model-family adapters: how to find the blocks and token layout of a family.
 
-    Called once, when the plugin registries are first built (the first time a
-    model is loaded or the adapters are listed).
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up); :func:`sae_audit.models.adapters.adapter_for` then looks
+    families up by name or ``config.model_type``.
 
     Args:
         register: ``register(adapter)``, where ``adapter`` is an instance of
@@ -62,10 +64,10 @@ def sae_audit_register_model_adapters(register):
 def sae_audit_register_sae_formats(register):
     """Register SAE file-format readers.
 
-    Called once, when the registries are first built (the first
-    :func:`sae_audit.sae.load_sae`). ``load_sae`` tries the readers in
-    registration order (built-in ``native`` first, then plugins in load
-    order) and uses the first whose ``detect`` accepts the folder.
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up). :func:`sae_audit.sae.load_sae` tries the readers in load order
+    (built-in ``native`` first, then plugins by entry-point name) and uses the
+    first whose ``detect`` accepts the folder.
 
     Args:
         register: ``register(name, detect, read)``: ``name`` a short format
@@ -84,8 +86,9 @@ def sae_audit_register_sae_formats(register):
 def sae_audit_register_image_sets(register):
     """Register named image sets and image-set families.
 
-    Called once, when the registries are first built (the first
-    :func:`sae_audit.data.open_image_set` of a name, or ``sae-audit sets``).
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up). :func:`sae_audit.data.open_image_set` and ``sae-audit sets``
+    then see the sets (exact names first, then family prefixes).
 
     Args:
         register: ``register(name, factory, description, family=False)``.
@@ -109,7 +112,8 @@ def sae_audit_register_image_sets(register):
 def sae_audit_register_suites(register):
     """Register audit suites.
 
-    Called once, when the registries are first built.
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up); :meth:`sae_audit.plugins.PluginManager.suites` lists them.
 
     Args:
         register: ``register(name, factory, description)``: ``factory`` is
@@ -128,9 +132,10 @@ def sae_audit_register_suites(register):
 def sae_audit_register_report_sections(register):
     """Register report sections: Markdown and HTML fragments appended to every report.
 
-    Called once, when the registries are first built (the first report
-    rendered). Sections render from the results document alone, so
-    ``sae-audit report render`` includes them too.
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up). Every report written then calls each ``render``, in load
+    order, after the built-in sections. Sections render from the results
+    document alone, so ``sae-audit report render`` includes them too.
 
     Args:
         register: ``register(name, render)``: ``render(results: dict)``
@@ -152,8 +157,9 @@ def sae_audit_register_report_sections(register):
 def sae_audit_register_commands(register):
     """Register ``sae-audit`` sub-commands.
 
-    Called once per CLI invocation, while the argument parser is built
-    (not with ``--no-plugins``, except for the built-in plugin).
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up); the CLI adds the commands to its parser (not with
+    ``--no-plugins``).
 
     Args:
         register: ``register(name, configure, run, help)``:

@@ -35,6 +35,7 @@ import importlib.metadata as importlib_metadata
 import inspect
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -751,26 +752,53 @@ def use_plugin_manager(manager: PluginManager) -> Iterator[PluginManager]:
 
 
 # --------------------------------------------------------------------------- hook reference
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc):`~?([^`]+)`")
+_SECTIONS = {"Args:": "Arguments", "Returns:": "Returns", "Raises:": "Raises"}
+
+
+def docstring_markdown(doc: str) -> str:
+    """A Google-style docstring as Markdown: reST roles and double backquotes become code,
+    ``Args:`` entries become a list of arguments."""
+    text = _ROLE.sub(r"``\1``", inspect.cleandoc(doc)).replace("``", "`")
+    out: list[str] = []
+    section = None
+    for line in text.splitlines():
+        if line.strip() in _SECTIONS:
+            section = line.strip()
+            out += [f"**{_SECTIONS[section]}**", ""]
+            continue
+        if section and line.startswith("    "):
+            body = line[4:]
+            if section == "Args:" and not body.startswith(" ") and re.match(r"^\w+: ", body):
+                name, rest = body.split(": ", 1)
+                out.append(f"- `{name}`: {rest}")
+            else:
+                out.append(("  " if section == "Args:" else "") + body.strip())
+            continue
+        if line.strip() == "":
+            section = None
+        out.append(line)
+    return "\n".join(out).strip()
+
+
 def hook_reference() -> str:
     """``docs/hooks.md``: the hook reference, generated from the hookspec docstrings."""
     lines = [
         "# Hook reference",
         "",
-        "<!-- Generated from sae_audit/hookspecs.py by `python -m sae_audit.plugins --hook-reference`;",
+        "<!-- Generated from sae_audit/hookspecs.py by `python -m sae_audit.plugins --hook-reference > docs/hooks.md`;",
         "     tests/plugins/test_meta.py fails when this file is out of date. -->",
         "",
-        inspect.cleandoc(hookspecs.__doc__ or ""),
+        docstring_markdown(hookspecs.__doc__ or ""),
         "",
-        "Import the marker with `from sae_audit.hookspecs import hookimpl`. Writing a plugin, step by",
-        "step: [plugins.md](plugins.md).",
+        "How to write, package and test a plugin, step by step: [plugins.md](plugins.md).",
         "",
     ]
     for name in hook_names():
         fn = getattr(hookspecs, name)
         opts = getattr(fn, PROJECT_NAME + "_spec", {}) or {}
-        sig = str(inspect.signature(fn))
-        flags = " (firstresult)" if opts.get("firstresult") else ""
-        lines += [f"## `{name}{sig}`{flags}", "", inspect.cleandoc(fn.__doc__ or ""), ""]
+        flags = " (first result wins)" if opts.get("firstresult") else ""
+        lines += [f"## `{name}{inspect.signature(fn)}`{flags}", "", docstring_markdown(fn.__doc__ or ""), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
