@@ -47,7 +47,8 @@ __all__ = [
     "to_rgb",
 ]
 
-#: Named image sets: name -> one-line description (see :mod:`sae_audit.data.demo`).
+#: The built-in named image sets: name -> one-line description (see :mod:`sae_audit.data.demo`);
+#: :func:`named_set_descriptions` adds the sets plugins register.
 NAMED_SETS: dict[str, str] = {name: f"{d.description} ({d.package})" for name, d in DEMO_SETS.items()}
 
 
