@@ -382,3 +382,19 @@ def test_hook_sae_audit_run_finished(sae_audit_plugins, audit_inputs):
     sae_audit_plugins.register(Finisher(["not", "a", "dict"]), "listy")
     with pytest.raises(PluginError, match="plugin 'listy'.*sae_audit_run_finished returned list"):
         audit(audit_inputs)
+
+
+class FailingWrapper:
+    @hookimpl(wrapper=True)
+    def sae_audit_audit_image_set(self, role):
+        result = yield
+        if role == "ood":
+            raise OSError("disk full while saving the timing log")
+        return result
+
+
+def test_a_wrapper_that_raises_is_named(sae_audit_plugins, audit_inputs):
+    sae_audit_plugins.register(FailingWrapper(), "timing-log")
+    with pytest.raises(PluginError, match=r"^plugin 'timing-log' failed in hook sae_audit_audit_image_set: "
+                                          r"OSError: disk full while saving the timing log$"):
+        audit(audit_inputs)
