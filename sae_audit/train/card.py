@@ -11,13 +11,16 @@ def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: in
     """Markdown card: what the SAE reads, what it was trained on, and its held-out quality.
 
     ``summary`` is a :class:`~sae_audit.train.trainer.TrainSummary`; ``dataset``
-    the training set's ``describe()`` dict.
+    the training set's ``describe()`` dict. The YAML front matter is the
+    metadata every plugin's ``sae_audit_card_metadata`` returns, merged.
+
+    Raises:
+        sae_audit.plugins.PluginError: a plugin's metadata hook failed or conflicts.
     """
-    meta = {
-        "library_name": "sae-audit",
-        "tags": ["sparse-autoencoder", "interpretability", "top-k-sae"],
-        "base_model": config.model,
-    }
+    from sae_audit.plugins import get_plugin_manager
+
+    # library_name, tags and base_model come from the built-in plugin; others add theirs.
+    meta = get_plugin_manager().card_metadata(config, dataset)
     front = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items() if v is not None)
     reg = []
     if config.lambda_off:
