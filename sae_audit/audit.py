@@ -65,6 +65,11 @@ def sae_hook_point(sae: TopKSAE, hook: str | None = None, tokens: str | None = N
     cfg = sae.config
     if hook is not None and cfg.hook_point is not None and HookPoint.parse(hook).block != HookPoint.parse(cfg.hook_point).block:
         raise SaeAuditError(f"--hook {hook} contradicts the SAE's own hook point {cfg.hook_point}")
+    if tokens is not None and cfg.tokens is not None and tokens != cfg.tokens:
+        raise SaeAuditError(
+            f"--tokens {tokens} contradicts the SAE's own token set {cfg.tokens!r} (it was trained on "
+            f"{cfg.tokens} tokens); leave --tokens out for SAEs that record their token set"
+        )
     text = hook or cfg.hook_point
     if text is None:
         raise SaeAuditError("the SAE does not record its hook point; pass --hook block.L")

@@ -164,8 +164,10 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
     render = rsub.add_parser("render", help="render report.md / report.html from results.json alone",
                              description="Render the Markdown and HTML reports from a results.json "
                                          "(no model or images needed).")
-    render.add_argument("results", metavar="RESULTS_JSON")
-    render.add_argument("--out", required=True, metavar="DIR")
+    render.add_argument("results", metavar="RESULTS_JSON", help="a results.json written by `sae-audit run`")
+    render.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, figures/ and report.html")
+    render.add_argument("--overwrite", action="store_true",
+                        help="replace report files in --out if it already holds any (results.json is never touched)")
     render.add_argument("--format", default="md,html", help="comma-separated: md, html (default md,html)")
     render.set_defaults(func=cmd_report_render)
     diff = rsub.add_parser("diff", help="what changed between two audits (Markdown)",
@@ -265,6 +267,11 @@ def cmd_run(args) -> int:
 
     _check_common(args)
     conditions = [parse_condition(c) for c in args.fail_on]  # before any work: a typo fails fast
+    if not 0 <= args.dense_threshold <= 1:
+        raise SaeAuditError(f"--dense-threshold is a fraction of inputs between 0 and 1, got {args.dense_threshold}")
+    names = [args.id_set, *args.ood]
+    if len(set(names)) != len(names):
+        raise SaeAuditError(f"every image set must differ: --id and --ood were given {names}")
     out = prepare_out_dir(args.out, args.overwrite)
     id_set = open_image_set(args.id_set, args.max_images, args.seed)
     ood_sets = [open_image_set(s, args.max_images, args.seed) for s in args.ood]
@@ -358,6 +365,8 @@ def cmd_train(args) -> int:
     _check_common(args)
     if min(args.k) <= 0 or args.expansion <= 0:
         raise SaeAuditError("--k and --expansion must be positive")
+    if args.sae_batch_size <= 0 or args.max_vectors <= 0 or args.eval_vectors <= 0:
+        raise SaeAuditError("--sae-batch-size, --max-vectors and --eval-vectors must be positive")
     if min(args.l1_off) < 0 or min(args.l1_l2_ratio) < 0:
         raise SaeAuditError("regulariser weights must be >= 0")
     out = prepare_out_dir(args.out, args.overwrite)
@@ -437,7 +446,8 @@ def cmd_report_render(args) -> int:
     if bad or not formats:
         raise SaeAuditError(f"--format takes md and/or html, got {args.format!r}")
     results = load_results(args.results)
-    for p in write_reports(results, Path(args.out), formats=formats, write_json=False):
+    out = prepare_out_dir(args.out, args.overwrite)
+    for p in write_reports(results, out, formats=formats, write_json=False):
         _info(f"wrote {p}")
     return EXIT_OK
 

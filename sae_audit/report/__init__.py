@@ -70,6 +70,12 @@ def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_js
         else:
             atomic_write_text(path, content)
         written.append(path)
+    if "md" in formats:
+        # Figures of an earlier report in this folder that this one does not
+        # reference (e.g. it had more SAEs) would only mislead a reader.
+        for stale in sorted((out_dir / "figures").glob("*.png")):
+            if stale not in written:
+                stale.unlink()
     return written
 
 

@@ -237,7 +237,7 @@ def _setup_table(results: dict) -> Table:
     for d in results["datasets"]:
         classes = d.get("classes") or []
         shown = ", ".join(classes[:MAX_CLASSES]) + (", ..." if len(classes) > MAX_CLASSES else "")
-        cls_text = f", {len(classes)} classes ({shown})" if classes else ""
+        cls_text = f", {len(classes)} {'class' if len(classes) == 1 else 'classes'} ({shown})" if classes else ""
         rows.append([f"{d['role'].upper()} set", f"{d['name']}: {d['n_images']:,} images{cls_text}, "
                                                  f"{d.get('n_skipped', 0)} unreadable skipped"])
     return Table("Setup", ["", ""], rows, headless=True)
@@ -337,7 +337,7 @@ METHOD = [
     "(variance about the dataset mean). Effective units is (‖z‖₁/‖z‖₂)².",
     "Shared alive = |alive_ID ∩ alive_OOD| / |alive_ID|. The JS divergence (base 2, in [0, 1]) and "
     "Spearman ρ compare the two frequency profiles normalised to sum 1. Formulas: Gao et al. 2024 "
-    "(arXiv 2406.04093), Jacquier et al. 2026 (arXiv 2606.27321), and the project's SPEC.",
+    "(arXiv 2406.04093) and Jacquier et al. 2026 (arXiv 2606.27321).",
 ]
 
 

@@ -65,6 +65,9 @@ def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "sae-audit"})
         if readme is not None:
             (tmp / "README.md").write_text(readme)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an SAE folder is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -75,12 +78,13 @@ def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None
 
 
 def _is_native(folder: Path) -> bool:
+    """``config.json`` beside ``model.safetensors``; a broken config is the native reader's to report."""
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).exists():
         return False
     try:
         cfg = json.loads((folder / CONFIG_NAME).read_text())
     except (OSError, ValueError):
-        return False
+        return True  # unreadable JSON: let the native reader say so precisely
     return isinstance(cfg, dict) and "d_sae" in cfg and "architecture" in cfg
 
 

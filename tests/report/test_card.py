@@ -146,7 +146,7 @@ def test_push_opens_a_pr_pinned_to_the_parent_commit(audit_dir, tmp_path, monkey
     calls = {}
     monkeypatch.setenv("HF_TOKEN", "hf_fake")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    assert main(["report", "render", str(audit_dir / "results.json"), "--out", str(audit_dir)]) == 0
+    assert main(["report", "render", str(audit_dir / "results.json"), "--out", str(audit_dir), "--overwrite"]) == 0
 
     def model_info(self, repo_id, revision=None, **kw):
         calls["info"] = (repo_id, revision, self.token)
