@@ -396,6 +396,13 @@ def cmd_train(args) -> int:
     )
     it = iter_batches(image_set, vm.preprocess, args.batch_size, strict=args.strict, progress=None)
     chunks = image_activations(vm, hook, it)
+    if not args.quiet:
+        _info(
+            f"training {len(configs)} SAE(s) (d_sae={d_sae}) on {hook} of {vm.name} at {vm.image_size} px, "
+            f"{vm.device}; reading {args.eval_vectors:,} held-out and then {args.max_vectors:,} training "
+            f"vectors from {image_set.name} (the first {train_cfg.buffer_size:,} fill the shuffle buffer "
+            "before the first step)"
+        )
     t0 = time.perf_counter()
     trained = train_saes(configs, chunks, train_cfg, device=vm.device, progress=not args.quiet)
     seconds = time.perf_counter() - t0
