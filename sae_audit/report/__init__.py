@@ -19,6 +19,9 @@ def _figures(results: dict):
         yield (f"frequency-scatter-{i}", plots.frequency_scatter(s, id_name, ood),
                f"Per-latent firing frequency on {id_name} against each OOD set for {s['label']}; "
                "points above the dashed line fire more often out of distribution.")
+    from sae_audit.report.suite_sections import suite_figures
+
+    yield from suite_figures(results)
 
 
 def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_json: bool = True) -> list[Path]:
@@ -46,6 +49,9 @@ def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_js
             outputs[f"figures/{name}.png"] = plots.to_png_bytes(fig)
             md_figs.append({"path": f"figures/{name}.png", "alt": alt})
         outputs["report.md"] = render_markdown(view, md_figs)
+        from sae_audit.report.suite_sections import thumbnail_files
+
+        outputs.update(thumbnail_files(results))
         figs = list(_figures(results)) if "html" in formats else []
     if "html" in formats:
         html_figs = [{"svg": plots.to_svg(fig), "alt": alt} for _, fig, alt in figs]

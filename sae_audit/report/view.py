@@ -28,6 +28,8 @@ class View:
     latent_tables: list[tuple[str, list[Table]]] = field(default_factory=list)
     provenance: Table | None = None
     method: list[str] = field(default_factory=list)
+    suite_tables: list[Table] = field(default_factory=list)  # see report/suite_sections.py
+    pictures: list[dict] = field(default_factory=list)
 
 
 def fmt(value, digits: int = 3, pct: bool = False) -> str:
@@ -172,4 +174,7 @@ def build_view(results: dict) -> View:
         "(arXiv 2406.04093), Jacquier et al. 2026 (arXiv 2606.27321), and the project's SPEC.",
     ]
     title = f"SAE audit of {model['name']}"
-    return View(title, summary, setup, sae_table, dataset_tables, pair_tables, latent_tables, provenance, method)
+    from sae_audit.report.suite_sections import suite_pictures, suite_tables
+
+    return View(title, summary, setup, sae_table, dataset_tables, pair_tables, latent_tables, provenance, method,
+                suite_tables(results), suite_pictures(results))
