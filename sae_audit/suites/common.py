@@ -34,8 +34,19 @@ class ImageCodes:
     row: torch.Tensor
 
 
+_LAST: list = [None, None]  # (batch, ImageCodes) of the last call: every suite pools the same batch
+
+
 def image_codes(batch: SuiteBatch) -> ImageCodes:
-    """Pool a batch's token codes per image (max over tokens, per latent)."""
+    """Pool a batch's token codes per image (max over tokens, per latent); cached for the last batch."""
+    if _LAST[0] is batch:
+        return _LAST[1]
+    out = _image_codes(batch)
+    _LAST[0], _LAST[1] = batch, out
+    return out
+
+
+def _image_codes(batch: SuiteBatch) -> ImageCodes:
     codes = batch.codes
     if batch.images is not None:
         images = batch.images.long()
@@ -74,14 +85,18 @@ class TopImages:
         self.labels = torch.full((d_sae, n), -1, dtype=torch.long)
 
     def _absorb(self, values: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> None:
-        v = torch.cat([self.values, values], dim=1)
-        i = torch.cat([self.images, images], dim=1)
-        lab = torch.cat([self.labels, labels], dim=1)
+        # Only latents with a candidate at least as strong as their weakest kept image can change.
+        rows = ((values >= self.values[:, -1:]) & (images >= 0)).any(dim=1).nonzero().flatten()
+        if rows.numel() == 0:
+            return
+        v = torch.cat([self.values[rows], values[rows]], dim=1)
+        i = torch.cat([self.images[rows], images[rows]], dim=1)
+        lab = torch.cat([self.labels[rows], labels[rows]], dim=1)
         # Sort by image index, then (stably) by value descending: ties -> smaller index first.
         o = torch.argsort(torch.where(i < 0, torch.iinfo(torch.long).max, i), dim=1, stable=True)
         v, i, lab = v.gather(1, o), i.gather(1, o), lab.gather(1, o)
         o = torch.argsort(v, dim=1, descending=True, stable=True)[:, : self.n]
-        self.values, self.images, self.labels = v.gather(1, o), i.gather(1, o), lab.gather(1, o)
+        self.values[rows], self.images[rows], self.labels[rows] = v.gather(1, o), i.gather(1, o), lab.gather(1, o)
 
     def add(self, ic: ImageCodes) -> None:
         """Offer every image of a batch to every latent's heap (only firing images enter)."""
