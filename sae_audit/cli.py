@@ -51,7 +51,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="use at most N images of each set (a fixed pseudo-random subset, see --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets, shuffling and initialisation (default 0)")
     p.add_argument("--strict", action="store_true",
-                   help="fail on an unreadable image instead of skipping and counting it")
+                   help="fail on an unreadable image instead of skipping and counting it (run: also on "
+                        "a --suite that needs labels when a set has none, instead of skipping it there)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
