@@ -25,6 +25,12 @@ import sys
 import time
 
 
+def _rss_mib() -> float:
+    """Current resident set size (MiB), from /proc (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
 def child(n_images: int, args) -> dict:
     import torch
 
@@ -33,6 +39,10 @@ def child(n_images: int, args) -> dict:
     from sae_audit.suites.base import SuiteBatch
     from sae_audit.suites.coverage import CoverageAccumulator, compare
 
+    if not args.no_mallopt:
+        from sae_audit.memory import limit_heap_fragmentation
+
+        limit_heap_fragmentation()  # as `sae-audit run` does
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     sae = TopKSAE(SAEConfig(d_in=args.d_in, d_sae=args.d_sae, k=args.k), seed=0)
@@ -66,9 +76,17 @@ def child(n_images: int, args) -> dict:
                 timed(name, acc.accumulate, batch)
         return cov, accs
 
+    checkpoints = {}
+
+    def mark(what: str) -> None:
+        checkpoints[what] = round(_rss_mib(), 1)
+
     t0 = time.perf_counter()
+    mark("start")
     cov_id, id_accs = run_set(n_images, 0.0)
+    mark("ID streamed")
     cov_ood, ood_accs = run_set(max(2, n_images // 10), 0.5)
+    mark("OOD streamed")
     stats_id, stats_ood = cov_id.finish(), cov_ood.finish()
     pair = compare(stats_id, stats_ood)
     for name, info in SUITES.items():
@@ -76,6 +94,7 @@ def child(n_images: int, args) -> dict:
         timed(name, ood_accs[name].finish)
         if info.compare is not None:
             timed(name, info.compare, id_accs[name], ood_accs[name], PairContext(None, None, pair))
+        mark(f"{name} finished")
     seconds = time.perf_counter() - t0
     return {
         "images": n_images,
@@ -84,6 +103,7 @@ def child(n_images: int, args) -> dict:
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "seconds": round(seconds, 1),
         "suite_seconds": {k: round(v, 1) for k, v in spent.items()},
+        "rss_mib": checkpoints,
     }
 
 
@@ -96,7 +116,9 @@ def main() -> int:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--d-e", type=int, default=384, help="judge embedding width")
     p.add_argument("--batch", type=int, default=64, help="images per batch")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-mallopt", action="store_true",
+                   help="leave glibc's dynamic mmap threshold on (shows the heap fragmentation it causes)")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
@@ -105,12 +127,14 @@ def main() -> int:
     rows = []
     for n in args.images:
         cmd = [sys.executable, __file__, "--child", str(n)] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("images", "child")]
+            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+            if k not in ("images", "child", "no_mallopt")] + (["--no-mallopt"] if args.no_mallopt else [])
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{r['images']:>7,} images ({r['tokens']:,} tokens): peak RSS {r['peak_rss_bytes'] / 2**20:8.1f} MiB, "
               f"sparse codes {r['codes_bytes'] / 2**20:7.1f} MiB, {r['seconds']} s", flush=True)
+        print("    current RSS (MiB) at: " + ", ".join(f"{k} {v}" for k, v in r["rss_mib"].items()), flush=True)
         print("    seconds per suite (accumulate + finish + compare): "
               + ", ".join(f"{k} {v}" for k, v in r["suite_seconds"].items()), flush=True)
     small, large = rows

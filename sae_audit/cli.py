@@ -233,6 +233,9 @@ def cmd_run(args) -> int:
     for item in saes:
         item.sae.to(vm.device)
     config = AuditConfig(args.batch_size, args.dense_threshold, args.strict, args.max_images, args.seed)
+    from sae_audit.memory import limit_heap_fragmentation
+
+    limit_heap_fragmentation()  # memory must not grow with the number of images (see sae_audit/memory.py)
     judge = None
     if args.judge and "monosemanticity" in suite_names:
         from sae_audit.models import load_vision_model

@@ -16,7 +16,8 @@ AUROC (OOD as the positive class; 0.5 = chance, below 0.5 = the score is
 :func:`sae_audit.metrics.auroc`.
 
 Memory: a few floats per image plus each image's distinct firing latents with
-their token counts, i.e. at most the sparse codes' indices.
+their token counts (2 + 2 bytes each), i.e. at most a third of the sparse
+codes' size (int64 index + float32 value per token and latent).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class OODAccumulator:
         self.moments = Moments(d_in)
         self.fire_counts = torch.zeros(d_sae, dtype=torch.long)
         self.chunks: list[dict] = []
+        # 2 bytes per stored (image, latent) pair for dictionaries of up to 32,767 latents.
+        self._latent_dtype = torch.int16 if d_sae <= 32767 else torch.int32
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
@@ -65,8 +68,8 @@ class OODAccumulator:
             "n_tokens": ic.n_tokens.to(torch.int32),
             "sse": err, "l0": l0, "eu": eu,
             "offsets": torch.bincount(img_row, minlength=b).to(torch.int32),
-            "latents": (uniq % self.d_sae).to(torch.int32),
-            "counts": counts.to(torch.int32),
+            "latents": (uniq % self.d_sae).to(self._latent_dtype),
+            "counts": counts.clamp(max=32767).to(torch.int16),
         })
 
     def merge(self, other: "OODAccumulator") -> None:
