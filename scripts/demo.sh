@@ -21,5 +21,5 @@ $SA train "$MODEL" --hook block.8 --tokens patch --data fashion-mnist:train "${C
   --k 16 --expansion 4 --l1-l2-ratio 0 0.01 --max-vectors 500000 --out "$SAES" --overwrite
 $SA run "$MODEL" --sae "$SAES/k16-off0-ratio0" --sae "$SAES/k16-off0-ratio0.01" \
   --id fashion-mnist:test --ood digits --ood clipart --max-images 2000 "${COMMON[@]}" \
-  --out reports/demo --overwrite
+  --suite all --out reports/demo --overwrite
 echo "==> demo done in $(( $(date +%s) - start )) s (after set-up): open reports/demo/report.html"
