@@ -44,8 +44,15 @@ def sae_audit_register_image_sets(register):
 def sae_audit_register_suites(register):
     from sae_audit.suites import SUITES
 
+    from sae_audit.suites.coverage import CoverageAccumulator
+
+    # Coverage always runs (the audit builds it itself); it is registered so
+    # that listings and name conflicts see it.
+    register("coverage", lambda c: CoverageAccumulator(c.sae.d_sae, c.sae.d_in, c.sae.k),
+             "firing frequencies, alive/dead/dense latents, L0, effective units and reconstruction, ID vs OOD")
     for suite in SUITES.values():
-        register(suite.name, suite.factory, suite.description)
+        register(suite.name, suite.factory, suite.description, compare=suite.compare,
+                 needs_labels=suite.needs_labels, needs_embeddings=suite.needs_embeddings)
 
 
 def _plugins_section(results: dict):
@@ -84,7 +91,8 @@ def sae_audit_card_metadata(config):
 
 
 @hookimpl(trylast=True)
-def sae_audit_audit_image_set(model, saes, image_set, config, progress):
+def sae_audit_audit_image_set(model, saes, image_set, config, progress, suites, judge, suite_accs):
     from sae_audit.audit import audit_image_set
 
-    return audit_image_set(model, saes, image_set, config, progress)
+    return audit_image_set(model, saes, image_set, config, progress, suites=suites, judge=judge,
+                           suite_accs=suite_accs)

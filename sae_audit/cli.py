@@ -52,7 +52,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="use at most N images of each set (a fixed pseudo-random subset, see --seed)")
     p.add_argument("--seed", type=int, default=0, help="seed for subsets, shuffling and initialisation (default 0)")
     p.add_argument("--strict", action="store_true",
-                   help="fail on an unreadable image instead of skipping and counting it")
+                   help="fail on an unreadable image instead of skipping and counting it (run: also on "
+                        "a --suite that needs labels when a set has none, instead of skipping it there)")
     p.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -103,7 +104,19 @@ def build_parser(plugins=None) -> argparse.ArgumentParser:
     run.add_argument("--format", dest="output_format", choices=["text", "json"], default="text",
                      help="json: print a summary (verdict, key metrics, --fail-on outcomes, files) as JSON "
                           "on stdout (default text: progress and file names on stderr only)")
+    run.add_argument("--suite", action="append", default=[], metavar="NAME",
+                     help="also run this audit suite (repeatable; `all` for every one; `sae-audit suites` "
+                          "lists them). Coverage always runs")
+    run.add_argument("--judge", metavar="MODEL",
+                     help="model whose pooled output gives the monosemanticity suite's judge embeddings "
+                          "(default: the audited model)")
+    run.add_argument("--latents-csv", metavar="FILE", help="also write the per-latent table as CSV")
+    run.add_argument("--latents-parquet", metavar="FILE", help="also write the per-latent table as Parquet "
+                                                               "(needs pyarrow)")
     run.set_defaults(func=cmd_run)
+
+    suites = sub.add_parser("suites", help="list the audit suites", description="List the audit suites.")
+    suites.set_defaults(func=cmd_suites)
 
     train = sub.add_parser(
         "train", help="train a Top-k SAE (optionally regularised) on activations streamed from a model",
@@ -272,6 +285,14 @@ def cmd_run(args) -> int:
     names = [args.id_set, *args.ood]
     if len(set(names)) != len(names):
         raise SaeAuditError(f"every image set must differ: --id and --ood were given {names}")
+    from sae_audit.suites import resolve_suites
+
+    suite_names = [i.name for i in resolve_suites(args.suite)]
+    for path, suffix in ((args.latents_csv, ".csv"), (args.latents_parquet, ".parquet")):
+        if path and not path.lower().endswith(suffix):
+            raise SaeAuditError(f"the per-latent table {path} needs the {suffix} suffix")
+        if path and Path(path).exists() and not args.overwrite:
+            raise SaeAuditError(f"{path} already exists; pass --overwrite to replace it")
     out = prepare_out_dir(args.out, args.overwrite)
     id_set = open_image_set(args.id_set, args.max_images, args.seed)
     ood_sets = [open_image_set(s, args.max_images, args.seed) for s in args.ood]
@@ -293,16 +314,37 @@ def cmd_run(args) -> int:
     for item in saes:
         item.sae.to(vm.device)
     config = AuditConfig(args.batch_size, args.dense_threshold, args.strict, args.max_images, args.seed)
+    from sae_audit.memory import limit_heap_fragmentation
+
+    limit_heap_fragmentation()  # memory must not grow with the number of images (see sae_audit/memory.py)
+    judge = None
+    if args.judge and "monosemanticity" in suite_names:
+        from sae_audit.models import load_vision_model
+
+        judge = load_vision_model(args.judge, device=args.device, dtype=args.dtype,
+                                  trust_remote_code=args.trust_remote_code)
+    elif args.judge:
+        _info("--judge is only used by the monosemanticity suite (--suite monosemanticity); ignoring it")
     t0 = time.perf_counter()
-    results = run_audit(vm, saes, id_set, ood_sets, config, progress=not args.quiet)
+    results = run_audit(vm, saes, id_set, ood_sets, config, progress=not args.quiet, suites=suite_names,
+                        judge=judge)
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     if getattr(args, "argv", None) is not None:
         import shlex
 
         results["provenance"]["command"] = shlex.join(["sae-audit", *map(str, args.argv)])
     paths = write_reports(results, out)
+    for path in (args.latents_csv, args.latents_parquet):
+        if path:
+            from sae_audit.suites.latents import latent_table, write_latent_table
+
+            paths.append(write_latent_table(latent_table(results), path))
+    figures = [p for p in paths if p.parent.name == "figures"]
     for p in paths:
-        _info(f"wrote {p}")
+        if p not in figures:
+            _info(f"wrote {p}")
+    if figures:
+        _info(f"wrote {len(figures)} figure(s) under {out / 'figures'}")
     return _gate(args, results, conditions, out, paths)
 
 
@@ -441,6 +483,18 @@ def cmd_sets(args) -> int:
     for name, desc in sets.items():
         print(f"{name:<{width}}  {desc}")
     print("\nAny folder of images (class = first-level subfolder) or IDX images file also works.")
+    return EXIT_OK
+
+
+def cmd_suites(args) -> int:
+    from sae_audit.suites import available_suites
+
+    rows = [("coverage", "firing frequencies, alive/dead/dense latents, L0, FVU; ID vs OOD shift (always runs)")]
+    rows += [(info.name, info.description + (" [needs labels]" if info.needs_labels else ""))
+             for info in available_suites().values()]
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        print(f"{name:<{width}}  {desc}")
     return EXIT_OK
 
 

@@ -116,15 +116,22 @@ def sae_audit_register_suites(register):
     start-up); :meth:`sae_audit.plugins.PluginManager.suites` lists them.
 
     Args:
-        register: ``register(name, factory, description)``: ``factory`` is
-            a callable returning a new suite accumulator with the shape of
+        register: ``register(name, factory, description, compare=None,
+            needs_labels=False, needs_embeddings=False)``: ``factory(context)``
+            takes a :class:`sae_audit.suites.SuiteContext` (the SAE, the judge,
+            the seed) and returns a new accumulator with the shape of
             :class:`sae_audit.suites.base.Accumulator` (``accumulate(batch)``,
-            ``merge(other)``, ``finish() -> dict``); ``description`` is one line.
+            ``merge(other)``, ``finish() -> dict``), one per SAE and image set;
+            ``description`` is one line; ``compare(id_acc, ood_acc, pair_context)``
+            optionally returns a dict per ID/OOD pair; ``needs_labels`` skips the
+            suite on unlabelled sets; ``needs_embeddings`` makes the audit compute
+            judge embeddings for its batches.
 
     Returns:
         Nothing; the return value is ignored.
 
-    Built-in: ``coverage``.
+    Built-in: ``coverage`` (always run), ``monosemanticity``, ``purity``,
+    ``probing``, ``k-robustness``, ``ood-detection``, ``pictures``.
     """
 
 
@@ -218,7 +225,7 @@ def sae_audit_run_configured(model, saes, id_set, ood_sets, config):
 
 
 @hookspec(firstresult=True)
-def sae_audit_audit_image_set(model, saes, image_set, role, config, progress):
+def sae_audit_audit_image_set(model, saes, image_set, role, config, progress, suites, judge, suite_accs):
     """Stream one image set through the model and every SAE (first result wins).
 
     Called once per image set of a run (the ID set first, then each OOD set).
@@ -234,6 +241,12 @@ def sae_audit_audit_image_set(model, saes, image_set, role, config, progress):
         role: ``"id"`` or ``"ood"``.
         config: the :class:`sae_audit.audit.AuditConfig`.
         progress: whether to show a progress bar.
+        suites: the :class:`sae_audit.suites.SuiteInfo` s to run on this set
+            besides coverage (possibly empty).
+        judge: the :class:`sae_audit.models.VisionModel` giving judge
+            embeddings for suites that need them, or ``None`` (``model`` itself).
+        suite_accs: a list the implementation extends with one
+            ``{suite name: accumulator}`` dict per SAE, in order.
 
     Returns:
         ``(accumulators, description)``: one finished-able coverage

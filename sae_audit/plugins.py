@@ -431,9 +431,15 @@ class PluginManager:
                 add(name, _check_callable("factory", factory), _check_text("description", description),
                     family=bool(family))
         elif kind == "suites":
-            def register(name, factory, description):
-                add(_check_name(kind, name), _check_callable("factory", factory),
-                    _check_text("description", description))
+            def register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False):
+                from sae_audit.suites import SuiteInfo
+
+                _check_name(kind, name)
+                _check_callable("factory", factory)
+                if compare is not None:
+                    _check_callable("compare", compare)
+                add(name, SuiteInfo(name, _check_text("description", description), factory, compare,
+                                    bool(needs_labels), bool(needs_embeddings)), description)
         elif kind == "report_sections":
             def register(name, render):
                 add(_check_name(kind, name), _check_callable("render", render))
@@ -529,7 +535,7 @@ class PluginManager:
         return None
 
     def suites(self) -> dict[str, Registration]:
-        """Audit suites by name (``value`` is the factory)."""
+        """Audit suites by name (``value`` is a :class:`sae_audit.suites.SuiteInfo`)."""
         return {r.name: r for r in self.registrations("suites")}
 
     def commands(self) -> dict[str, Registration]:

@@ -24,8 +24,7 @@ $SA train "$MODEL" --hook block.8 --tokens patch --data fashion-mnist:train "${C
 $SA run "$MODEL" --sae "$SAES/k16-off0-ratio0" --sae "$SAES/k16-off0-ratio0.01" \
   --id fashion-mnist:test --ood digits --ood clipart \
   --ood corrupt:gaussian_noise:3:fashion-mnist:test --ood corrupt:gaussian_blur:3:fashion-mnist:test \
-  --max-images 2000 "${COMMON[@]}" \
-  --out reports/demo --overwrite
+  --max-images 1000 "${COMMON[@]}" --suite all --out reports/demo --overwrite
 # The model-card section this audit produces (a local card; nothing is pushed),
 # and what changed against the committed 200-image audit of the same SAEs.
 rm -f reports/demo/model-card.md

@@ -211,18 +211,23 @@ class MeanL0:
 class SuitePlugin:
     @hookimpl
     def sae_audit_register_suites(self, register):
-        register("mean-l0", MeanL0, "mean L0 per input")
+        register("mean-l0", lambda context: MeanL0(), "mean L0 per input")
 
 
 def test_hook_sae_audit_register_suites(sae_audit_plugins, tiny_sae_dir):
     sae_audit_plugins.register(SuitePlugin(), "suite")
     suites = sae_audit_plugins.manager.suites()
-    assert list(suites) == ["coverage", "mean-l0"]
+    assert list(suites)[0] == "coverage" and list(suites)[-1] == "mean-l0"
+    assert {"monosemanticity", "k-robustness", "ood-detection"} <= set(suites)
     sae = load_sae(tiny_sae_dir)
     x = torch.randn(50, sae.d_in, generator=torch.Generator().manual_seed(1))
     codes = sae.encode(x)
     batch = SuiteBatch(x, codes, sae.decode(codes), torch.arange(50), torch.full((50,), -1))
-    a, b = suites["mean-l0"].value(), suites["mean-l0"].value()
+    from sae_audit.suites import SuiteContext
+
+    info = suites["mean-l0"].value
+    assert info.description == "mean L0 per input" and not info.needs_labels
+    a, b = info.factory(SuiteContext(sae)), info.factory(SuiteContext(sae))
     a.accumulate(batch)
     b.accumulate(batch)
     a.merge(b)
