@@ -5,6 +5,11 @@ each image set once, captures every hook point any SAE needs in one forward
 pass per batch (stopped after the deepest hooked block), encodes with every
 SAE, and streams the codes into per-(SAE, dataset) accumulators. The returned
 dict is the ``results.json`` document (see :mod:`sae_audit.report.results`).
+
+Plugins take part through the lifecycle hooks (:mod:`sae_audit.hookspecs`):
+``sae_audit_run_configured`` before the first image, ``sae_audit_audit_image_set``
+around each image set (the built-in plugin's implementation is
+:func:`audit_image_set`), ``sae_audit_run_finished`` on the finished document.
 """
 
 from __future__ import annotations
@@ -60,6 +65,11 @@ def sae_hook_point(sae: TopKSAE, hook: str | None = None, tokens: str | None = N
     cfg = sae.config
     if hook is not None and cfg.hook_point is not None and HookPoint.parse(hook).block != HookPoint.parse(cfg.hook_point).block:
         raise SaeAuditError(f"--hook {hook} contradicts the SAE's own hook point {cfg.hook_point}")
+    if tokens is not None and cfg.tokens is not None and tokens != cfg.tokens:
+        raise SaeAuditError(
+            f"--tokens {tokens} contradicts the SAE's own token set {cfg.tokens!r} (it was trained on "
+            f"{cfg.tokens} tokens); leave --tokens out for SAEs that record their token set"
+        )
     text = hook or cfg.hook_point
     if text is None:
         raise SaeAuditError("the SAE does not record its hook point; pass --hook block.L")
@@ -89,28 +99,54 @@ def audit_image_set(
     image_set: ImageSet,
     config: AuditConfig,
     progress: bool = True,
+    suites: list = (),
+    judge: VisionModel | None = None,
+    suite_accs: list[dict] | None = None,
 ) -> tuple[list[CoverageAccumulator], dict]:
     """Stream one image set through the model and every SAE.
 
     Returns one coverage accumulator per SAE and a dict describing the set as
-    read (size, images used, skipped images with reasons).
+    read (size, images used, skipped images with reasons). With ``suites``
+    (:class:`sae_audit.suites.SuiteInfo` s), ``suite_accs`` (a list) receives one
+    ``{suite name: accumulator}`` dict per SAE; judge embeddings come from
+    ``judge.pooled`` (default: ``vm`` itself) when a suite needs them.
     """
+    from sae_audit.suites import SuiteContext
+
     accs = [
         CoverageAccumulator(s.sae.d_sae, s.sae.d_in, s.sae.k, config.dense_threshold) for s in saes
     ]
+    judge_vm = judge or vm
+    want_emb = any(info.needs_embeddings for info in suites)
+    extra = [
+        {info.name: info.factory(SuiteContext(s.sae, judge_vm.name, judge_vm.d_model if want_emb else None,
+                                              config.seed)) for info in suites}
+        for s in saes
+    ]
+    if suite_accs is not None:
+        suite_accs.extend(extra)
     hook_points = sorted({s.hook_point.name for s in saes})
+    preprocess = vm.preprocess
+    if want_emb and judge is not None and judge is not vm:
+        preprocess = _PairedPreprocess(vm, judge)
     it = iter_batches(
         image_set,
-        vm.preprocess,
+        preprocess,
         config.batch_size,
         strict=config.strict,
         progress=image_set.name if progress else None,
     )
     n_images = 0
     for batch in it:
-        acts = capture(vm, batch.pixel_values, [HookPoint.parse(h) for h in hook_points])
-        n_images += batch.pixel_values.shape[0]
-        for item, acc in zip(saes, accs):
+        pixel_values, embeddings = batch.pixel_values, None
+        if isinstance(preprocess, _PairedPreprocess):
+            pixel_values, judge_pv = preprocess.split(pixel_values)
+            embeddings = judge.pooled(judge_pv).float().cpu()
+        elif want_emb:
+            embeddings = vm.pooled(pixel_values).float().cpu()
+        acts = capture(vm, pixel_values, [HookPoint.parse(h) for h in hook_points])
+        n_images += pixel_values.shape[0]
+        for item, acc, more in zip(saes, accs, extra):
             sel = select_tokens(acts[item.hook_point.name], item.hook_point.tokens, vm.layout)
             n_tok = sel.shape[1]
             x = sel.reshape(-1, sel.shape[-1]).float()
@@ -123,10 +159,15 @@ def audit_image_set(
             x = x.to(item.sae.W_enc.device)
             codes = item.sae.encode(x)
             x_hat = item.sae.decode(codes)
-            acc.accumulate(
-                SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad)
-            )
+            sb = SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad,
+                            images=batch.indices, image_labels=batch.labels, embeddings=embeddings)
+            acc.accumulate(sb)
+            for suite_acc in more.values():
+                suite_acc.accumulate(sb)
+    from sae_audit.report.results import dataset_fingerprint
+
     description = dict(image_set.describe())
+    description.update(dataset_fingerprint(image_set))
     description.update(
         {
             "n_images": n_images,
@@ -139,6 +180,38 @@ def audit_image_set(
     return accs, description
 
 
+def _weights_hash(item: AuditedSAE, resolve, digest) -> str | None:
+    """``sha256:`` of the SAE's safetensors files, or ``None`` if its folder is not on disk."""
+    try:
+        return digest(resolve(item.spec))
+    except (SaeAuditError, OSError):
+        return None
+
+
+class _PairedPreprocess:
+    """Preprocess each batch for the audited model and for a separate judge model at once.
+
+    Returns one float32 tensor ``[B, P + Q]`` (both models' pixel values, flattened
+    side by side) so the batch iterator can carry it; :meth:`split` undoes it.
+    """
+
+    def __init__(self, vm: VisionModel, judge: VisionModel):
+        self.vm, self.judge = vm, judge
+        self.shapes: tuple | None = None
+
+    def __call__(self, images: list) -> torch.Tensor:
+        a, b = self.vm.preprocess(images), self.judge.preprocess(images)
+        self.shapes = (tuple(a.shape[1:]), tuple(b.shape[1:]))
+        return torch.cat([a.float().cpu().flatten(1), b.float().cpu().flatten(1)], dim=1)
+
+    def split(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sa, sb = self.shapes
+        n_a = int(torch.tensor(sa).prod())
+        a = packed[:, :n_a].reshape(-1, *sa).to(self.vm.device, self.vm.dtype)
+        b = packed[:, n_a:].reshape(-1, *sb).to(self.judge.device, self.judge.dtype)
+        return a, b
+
+
 def run_audit(
     vm: VisionModel,
     saes: list[AuditedSAE],
@@ -146,18 +219,38 @@ def run_audit(
     ood_sets: list[ImageSet],
     config: AuditConfig = AuditConfig(),
     progress: bool = True,
+    suites: list[str] | None = None,
+    judge: VisionModel | None = None,
 ) -> dict:
-    """Run the coverage suite of every SAE on the ID set and each OOD set.
+    """Run the coverage suite, and the named ``suites``, of every SAE on the ID set and each OOD set.
+
+    Args:
+        suites: names from :data:`sae_audit.suites.SUITES` (or ``"all"``); coverage always runs.
+        judge: the model whose pooled output gives the monosemanticity suite's
+            judge embeddings (default: ``vm`` itself).
 
     Returns the results document (``schema_version``, ``model``, ``datasets``,
-    ``saes`` with per-dataset metrics and per-ID/OOD-pair comparisons).
+    ``saes`` with per-dataset metrics and per-ID/OOD-pair comparisons; with
+    suites, each SAE entry also has ``suites: {name: {"datasets": {set: dict},
+    "pairs": [{"id", "ood", ...}]}}``; a suite skipped on a set has
+    ``{"skipped": reason}`` there), ``plugins`` that took part, and
+    ``extensions`` when a plugin's ``sae_audit_run_finished`` returned data.
 
     Raises:
         SaeAuditError: no SAE, an SAE incompatible with the model, duplicate set
-            names, an empty or unreadable image set.
+            names, an empty or unreadable image set, an unknown suite, or (under
+            ``config.strict``) a suite that needs labels on an unlabelled set.
+        sae_audit.plugins.PluginError: a plugin raised in a lifecycle hook (the
+            message names the plugin and the hook).
     """
-    from sae_audit.report.results import build_results
+    from sae_audit.plugins import get_plugin_manager
+    from sae_audit.report.results import build_results, files_sha256
+    from sae_audit.sae.io import resolve_sae_folder
+    from sae_audit.suites import PairContext, resolve_suites
 
+    infos = resolve_suites(suites)
+
+    plugins = get_plugin_manager()
     if not saes:
         raise SaeAuditError("no SAE to audit: pass at least one --sae")
     if not ood_sets:
@@ -167,15 +260,33 @@ def run_audit(
     names = [id_set.name] + [s.name for s in ood_sets]
     if len(set(names)) != len(names):
         raise SaeAuditError(f"image set names must differ, got {names}")
+    plugins.call("sae_audit_run_configured", model=vm, saes=saes, id_set=id_set, ood_sets=ood_sets, config=config)
+
+    all_sets = [id_set] + list(ood_sets)
+    unlabelled = {s.name for s in all_sets if not _has_labels(s)}
+    for info in infos:
+        if info.needs_labels and unlabelled and config.strict:
+            raise SaeAuditError(
+                f"suite {info.name!r} needs class labels but image set(s) {sorted(unlabelled)} have none; "
+                "drop --strict to skip it there, or use labelled sets (class subfolders or IDX labels)"
+            )
 
     per_sae: list[dict] = [{} for _ in saes]
+    suite_store: list[dict] = [{info.name: {} for info in infos} for _ in saes]
     datasets = []
     for role, image_set in [("id", id_set)] + [("ood", s) for s in ood_sets]:
-        accs, desc = audit_image_set(vm, saes, image_set, config, progress)
+        run_here = [i for i in infos if not (i.needs_labels and image_set.name in unlabelled)]
+        found: list[dict] = []
+        accs, desc = plugins.call("sae_audit_audit_image_set", model=vm, saes=saes, image_set=image_set,
+                                  role=role, config=config, progress=progress, suites=run_here, judge=judge,
+                                  suite_accs=found)
         desc["role"] = role
         datasets.append(desc)
         for store, acc in zip(per_sae, accs):
             store[image_set.name] = acc.finish()
+        for store, got in zip(suite_store, found):
+            for name, suite_acc in got.items():
+                store[name][image_set.name] = suite_acc
 
     sae_entries = []
     for item, stats in zip(saes, per_sae):
@@ -187,9 +298,55 @@ def run_audit(
                 "spec": item.spec,
                 "label": item.label,
                 "hook_point": str(item.hook_point),
+                "weights_sha256": _weights_hash(item, resolve_sae_folder, files_sha256),
                 "config": item.sae.config.to_dict(),
                 "datasets": stats,
                 "pairs": pairs,
             }
         )
-    return build_results(vm, datasets, sae_entries, settings=asdict(config))
+        if infos:
+            sae_entries[-1]["suites"] = _finish_suites(infos, suite_store[len(sae_entries) - 1], all_sets,
+                                                       pairs, PairContext)
+    settings = asdict(config)
+    if infos:
+        settings["suites"] = [i.name for i in infos]
+        if any(i.needs_embeddings for i in infos):
+            settings["judge"] = (judge or vm).name
+    results = build_results(vm, datasets, sae_entries, settings=settings, plugins=plugins.provenance())
+    extensions = plugins.run_finished(results)
+    if extensions:
+        results["extensions"] = extensions
+    return results
+
+
+def _has_labels(image_set: ImageSet) -> bool:
+    """Whether the set carries class labels (class folders, IDX labels, a named labelled set)."""
+    if image_set.classes:
+        return True
+    try:
+        return len(image_set) > 0 and image_set.label(0) >= 0
+    except Exception:
+        return False
+
+
+def _finish_suites(infos, accs: dict, all_sets: list, coverage_pairs: list[dict], PairContext) -> dict:
+    """``{suite: {"datasets": {set: finish()}, "pairs": [...]}}`` for one SAE."""
+    id_set, ood_sets = all_sets[0], all_sets[1:]
+    out = {}
+    for info in infos:
+        per_set = accs[info.name]
+        entry: dict = {"description": info.description, "datasets": {}}
+        for s in all_sets:
+            if s.name in per_set:
+                entry["datasets"][s.name] = per_set[s.name].finish()
+            else:
+                entry["datasets"][s.name] = {"skipped": f"image set {s.name!r} has no labels"}
+        if info.compare is not None:
+            entry["pairs"] = []
+            for s, cov in zip(ood_sets, coverage_pairs):
+                if id_set.name in per_set and s.name in per_set:
+                    ctx = PairContext(id_set, s, cov)
+                    entry["pairs"].append({"id": id_set.name, "ood": s.name,
+                                           **info.compare(per_set[id_set.name], per_set[s.name], ctx)})
+        out[info.name] = entry
+    return out

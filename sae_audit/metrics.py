@@ -148,3 +148,56 @@ def log10_histogram(freqs: torch.Tensor, bins: int = 30, low: float = -7.0) -> d
 def nan_to_none(value: float) -> float | None:
     """JSON has no NaN: map NaN and infinities to ``None``."""
     return None if value is None or not math.isfinite(value) else float(value)
+
+
+def monosemanticity_from_sums(u: torch.Tensor, v: torch.Tensor, w_sq: torch.Tensor) -> torch.Tensor:
+    """Monosemanticity score from the linear-time sums (Pach et al. 2025, arXiv 2504.02821).
+
+    With ``a_n`` the min-max-scaled activations of one latent and ``e_n`` unit
+    judge embeddings: ``u = sum a_n``, ``v = sum a_n^2``, ``w_sq = ||sum a_n e_n||^2``.
+    ``MS = (w_sq - v) / (u^2 - v)`` (the pairwise numerator and denominator
+    ``sum_{n<m}`` are each half of these).
+
+    Args:
+        u, v, w_sq: ``[d_sae]`` float64.
+    Returns:
+        ``[d_sae]`` float64; NaN where the denominator is zero (a latent that
+        fires on fewer than two inputs: dead for this metric).
+    """
+    den = u.double().pow(2) - v.double()
+    num = w_sq.double() - v.double()
+    # A latent active on one input only has den == 0 exactly in exact arithmetic;
+    # allow for rounding relative to u^2.
+    ok = den > 1e-12 * u.double().pow(2).clamp_min(1e-300)
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.full_like(den, float("nan")))
+
+
+def monosemanticity_score(acts: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    """Monosemanticity score (MS) of every latent, in linear time (Pach et al. 2025, arXiv 2504.02821).
+
+    ``MS_j = sum_{n<m} a_nj a_mj cos(e_n, e_m) / sum_{n<m} a_nj a_mj`` where
+    ``a_nj`` is latent ``j``'s activation on input ``n`` min-max scaled to
+    [0, 1] over the N inputs, and ``e_n`` the input's judge embedding (unit
+    normalised here). Computed with ``u = sum a``, ``v = sum a^2``,
+    ``w = sum a e`` (SPEC section 4), so cost is ``O(N * d_sae * d_e)``, not
+    ``O(N^2)``.
+
+    Args:
+        acts: ``[N, d_sae]`` non-negative activations (one row per image).
+        embeddings: ``[N, d_e]`` judge embeddings of the same inputs.
+    Returns:
+        ``[d_sae]`` float64 in [-1, 1]; NaN for latents that are constant over
+        the inputs or fire on fewer than two of them (zero denominator).
+    Raises:
+        ValueError: the row counts differ.
+    """
+    acts, emb = torch.as_tensor(acts).double(), torch.as_tensor(embeddings).double()
+    if acts.shape[0] != emb.shape[0]:
+        raise ValueError(f"acts has {acts.shape[0]} rows, embeddings {emb.shape[0]}")
+    emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    lo, hi = acts.min(dim=0).values, acts.max(dim=0).values
+    span = hi - lo
+    a = torch.where(span > 0, (acts - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(acts))
+    u, v = a.sum(dim=0), a.pow(2).sum(dim=0)
+    w = a.T @ emb  # [d_sae, d_e]
+    return monosemanticity_from_sums(u, v, w.pow(2).sum(dim=1))

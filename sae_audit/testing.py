@@ -8,11 +8,19 @@ is downloaded:
   saved with its image processor, loadable by ``load_vision_model``;
 - ``tiny_sae_dir``: a Top-k SAE (d_in 32, d_sae 64, k 4) reading ``block.2:patch``
   of that model, in the native format;
-- ``tiny_image_folder``: 12 small PNG images in three class folders.
+- ``tiny_image_folder``: 12 small PNG images in three class folders;
+- ``sae_audit_plugins``: an isolated plugin manager (built-ins plus the
+  plugin objects a test registers) made current for one test;
+- ``plugin_site``: writes throw-away installed distributions (a real
+  ``*.dist-info`` with ``entry_points.txt``) onto ``sys.path``, to test
+  entry-point discovery exactly as ``pip install`` would set it up.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +108,89 @@ def tiny_sae_dir(tmp_path_factory) -> Path:
 def tiny_image_folder(tmp_path) -> Path:
     """12 PNG images in three class folders (a fresh copy per test)."""
     return make_image_folder(tmp_path / "images")
+
+
+# --------------------------------------------------------------------------- plugins
+class PluginSandbox:
+    """An isolated :class:`~sae_audit.plugins.PluginManager` for one test (see ``sae_audit_plugins``)."""
+
+    def __init__(self):
+        from sae_audit.plugins import PluginManager
+
+        self.manager = PluginManager(load_entry_points=False)
+
+    def register(self, plugin, name: str | None = None, distribution: str | None = None,
+                 version: str | None = None, strict: bool = True):
+        """Register a plugin object (module, class or instance); with ``strict`` a failure raises.
+
+        Returns the plugin name (``None`` if it failed and ``strict`` is False).
+        """
+        self.manager.strict = strict
+        try:
+            return self.manager.register(plugin, name, distribution=distribution, version=version)
+        finally:
+            self.manager.strict = False
+
+
+@pytest.fixture()
+def sae_audit_plugins():
+    """An isolated plugin manager with sae-audit's built-ins, current for the test.
+
+    Installed plugins are *not* loaded; register the ones under test with
+    ``sae_audit_plugins.register(module_or_object, name)``. Everything that
+    looks things up through the plugin manager (``open_image_set``,
+    ``load_sae``, ``load_vision_model``, ``run_audit``, reports) sees them.
+    ``sae_audit_plugins.manager`` is the :class:`~sae_audit.plugins.PluginManager`.
+    """
+    from sae_audit.plugins import use_plugin_manager
+
+    sandbox = PluginSandbox()
+    with use_plugin_manager(sandbox.manager):
+        yield sandbox
+
+
+def write_plugin_distribution(site: Path, dist_name: str, version: str, modules: dict[str, str],
+                              entry_points: dict[str, str], group: str = "sae_audit") -> Path:
+    """Write modules and an installed-distribution record (``*.dist-info``) into ``site``.
+
+    ``modules`` maps module names to source code (dedented); ``entry_points``
+    maps entry-point names to ``module[:attr]``. With ``site`` on ``sys.path``,
+    :mod:`importlib.metadata` sees the distribution as ``pip install`` would
+    leave it. Returns the ``.dist-info`` folder.
+    """
+    site.mkdir(parents=True, exist_ok=True)
+    for mod, source in modules.items():
+        (site / f"{mod}.py").write_text(textwrap.dedent(source))
+    norm = re.sub(r"[-_.]+", "_", dist_name)
+    info = site / f"{norm}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    eps = "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[{group}]\n{eps}")
+    (info / "RECORD").write_text("")
+    return info
+
+
+@pytest.fixture()
+def plugin_site(tmp_path, monkeypatch):
+    """A function ``install(dist_name, version, modules, entry_points)`` writing throw-away
+    installed distributions into a folder put first on ``sys.path`` for this test.
+
+    The modules written are dropped from ``sys.modules`` afterwards.
+    """
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    written: list[str] = []
+
+    def install(dist_name: str, version: str, modules: dict[str, str], entry_points: dict[str, str]) -> Path:
+        import importlib
+
+        written.extend(modules)
+        info = write_plugin_distribution(site, dist_name, version, modules, entry_points)
+        importlib.invalidate_caches()
+        return info
+
+    yield install
+    for mod in written:
+        sys.modules.pop(mod, None)

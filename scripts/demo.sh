@@ -3,8 +3,10 @@
 # data. Trains two Top-k SAEs (fixed-k, and with the L1/L2-ratio regulariser of
 # arXiv 2606.27321; same k and width) on 500k patch-token activations of the
 # real DINOv2 ViT-S/14 at block 8 on Fashion-MNIST training images, then
-# audits them with held-out Fashion-MNIST as ID and handwritten digits and
-# clip art as OOD. Writes reports/demo/.
+# audits them with held-out Fashion-MNIST as ID and handwritten digits, clip
+# art and two corrupted copies of the ID images (Gaussian noise and blur at
+# severity 3, from the first-party plugin sae-audit-corruptions) as OOD.
+# Writes reports/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -20,6 +22,13 @@ start=$(date +%s)
 $SA train "$MODEL" --hook block.8 --tokens patch --data fashion-mnist:train "${COMMON[@]}" \
   --k 16 --expansion 4 --l1-l2-ratio 0 0.01 --max-vectors 500000 --out "$SAES" --overwrite
 $SA run "$MODEL" --sae "$SAES/k16-off0-ratio0" --sae "$SAES/k16-off0-ratio0.01" \
-  --id fashion-mnist:test --ood digits --ood clipart --max-images 2000 "${COMMON[@]}" \
-  --out reports/demo --overwrite
+  --id fashion-mnist:test --ood digits --ood clipart \
+  --ood corrupt:gaussian_noise:3:fashion-mnist:test --ood corrupt:gaussian_blur:3:fashion-mnist:test \
+  --max-images 1000 "${COMMON[@]}" --suite all --out reports/demo --overwrite
+# The model-card section this audit produces (a local card; nothing is pushed),
+# and what changed against the committed 200-image audit of the same SAEs.
+rm -f reports/demo/model-card.md
+$SA card --results reports/demo/results.json --card reports/demo/model-card.md
+$SA report diff reports/examples/demo-200/results.json reports/demo/results.json \
+  --out reports/examples/diff-200-vs-demo.md
 echo "==> demo done in $(( $(date +%s) - start )) s (after set-up): open reports/demo/report.html"

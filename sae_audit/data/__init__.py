@@ -40,19 +40,38 @@ __all__ = [
     "find_idx_labels",
     "iter_batches",
     "list_named_sets",
+    "named_set_descriptions",
     "open_image_set",
     "read_idx",
     "subsample",
     "to_rgb",
 ]
 
-#: Named image sets: name -> one-line description (see :mod:`sae_audit.data.demo`).
+#: The built-in named image sets: name -> one-line description (see :mod:`sae_audit.data.demo`);
+#: :func:`named_set_descriptions` adds the sets plugins register.
 NAMED_SETS: dict[str, str] = {name: f"{d.description} ({d.package})" for name, d in DEMO_SETS.items()}
 
 
 def list_named_sets() -> list[str]:
-    """The names accepted by :func:`open_image_set` besides paths, in a fixed order."""
-    return list(NAMED_SETS)
+    """The names accepted by :func:`open_image_set` besides paths: built-in sets, then plugins'.
+
+    Image-set families (such as ``corrupt``) are listed as ``<prefix>:...``.
+    """
+    return list(named_set_descriptions())
+
+
+def named_set_descriptions() -> dict[str, str]:
+    """Every registered named set and family (``<prefix>:...``) -> its one-line description.
+
+    Raises:
+        sae_audit.plugins.PluginError: two plugins register the same name.
+    """
+    from sae_audit.plugins import get_plugin_manager
+
+    return {
+        (f"{r.name}:..." if r.family else r.name): r.description
+        for r in get_plugin_manager().image_sets().values()
+    }
 
 
 # "<prefix>-images-idx3-ubyte[.gz]" (Fashion-MNIST) or "<prefix>-images.idx3-ubyte" (MNIST).
@@ -96,8 +115,10 @@ def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, 
 
     ``spec`` is tried in this order:
 
-    1. a name in :data:`NAMED_SETS` (``fashion-mnist:test``, ``digits``, ...);
-       to open a folder that has such a name, write it as a path (``./digits``);
+    1. a named set (``fashion-mnist:test``, ``digits``, ...) or a set family
+       (``corrupt:gaussian_noise:3:fashion-mnist:test``) registered by the
+       built-in plugin or another plugin (``sae-audit sets`` lists them); to
+       open a folder that has such a name, write it as a path (``./digits``);
     2. a folder: :class:`ImageFolderSet` (class = first-level subfolder);
     3. an IDX images file (``.gz`` or raw): :class:`IdxSet`, with the labels
        file found next to it by :func:`find_idx_labels` (unlabeled if none).
@@ -115,12 +136,15 @@ def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, 
         SaeAuditError: unknown name that is not an existing path (the message
             lists the known names); a file that is not an IDX images file; the
             errors of the set's constructor (empty folder, corrupt IDX,
-            missing package, ...); ``max_images < 1``.
+            missing package, ...); ``max_images < 1``. A plugin's factory
+            that fails otherwise raises
+            :class:`~sae_audit.plugins.PluginError` (a subclass) naming it.
     """
+    from sae_audit.plugins import get_plugin_manager
+
     text = os.fspath(spec)
-    if text in DEMO_SETS:
-        image_set = open_demo_set(text)
-    else:
+    image_set = get_plugin_manager().open_image_set(text)
+    if image_set is None:
         path = Path(text).expanduser()
         if path.is_dir():
             image_set = ImageFolderSet(path)
@@ -128,11 +152,11 @@ def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, 
             if not _looks_like_idx(path):
                 raise SaeAuditError(
                     f"{text!r} is a file but not an IDX images file; pass a folder of images, "
-                    f"an IDX file, or one of the named sets: {', '.join(NAMED_SETS)}"
+                    f"an IDX file, or one of the named sets: {', '.join(list_named_sets())}"
                 )
             image_set = IdxSet(path, find_idx_labels(path))
         else:
-            known = "\n".join(f"  {name}: {desc}" for name, desc in NAMED_SETS.items())
+            known = "\n".join(f"  {name}: {desc}" for name, desc in named_set_descriptions().items())
             raise SaeAuditError(
                 f"image set {text!r} is neither a known name nor an existing folder or file.\n"
                 f"Known image sets:\n{known}"

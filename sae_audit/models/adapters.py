@@ -5,7 +5,9 @@ transformer blocks lives, how the token sequence is laid out (CLS? registers?
 patches), which extra forward arguments are needed for a non-native input
 resolution, and how the family defines its pooled image embedding.
 
-Supported families (``adapter_for`` refuses anything else with
+Built-in families (registered by the built-in plugin through
+``sae_audit_register_model_adapters``; plugins register more the same way;
+``adapter_for`` refuses anything no plugin registered with
 :class:`~sae_audit.errors.SaeAuditError`):
 
 =========================  =====================================  ==========================
@@ -271,7 +273,6 @@ ADAPTERS: dict[str, FamilyAdapter] = {
     for a in (ViTAdapter(), Dinov2Adapter(), Dinov2WithRegistersAdapter(), ClipAdapter(), SiglipAdapter())
 }
 SUPPORTED_FAMILIES: tuple[str, ...] = tuple(ADAPTERS)
-_BY_MODEL_TYPE: dict[str, FamilyAdapter] = {mt: a for a in ADAPTERS.values() for mt in a.model_types}
 
 
 def adapter_for(model_or_config: Any) -> FamilyAdapter:
@@ -279,8 +280,9 @@ def adapter_for(model_or_config: Any) -> FamilyAdapter:
 
     Accepts an ``nn.Module`` with ``.config``, a ``PretrainedConfig`` (or
     anything with ``model_type``), or a string (family name or
-    ``config.model_type``). Raises :class:`SaeAuditError` listing the supported
-    families when the family is not supported.
+    ``config.model_type``), looked up among the families registered with the
+    plugin manager (built-in and plugins'). Raises :class:`SaeAuditError`
+    listing the supported families when the family is not supported.
     """
     if isinstance(model_or_config, str):
         key = model_or_config
@@ -292,11 +294,14 @@ def adapter_for(model_or_config: Any) -> FamilyAdapter:
                 f"cannot tell the model family of {type(model_or_config).__name__}: it has no "
                 f"config.model_type; supported families: {', '.join(SUPPORTED_FAMILIES)}"
             )
-    adapter = ADAPTERS.get(key) or _BY_MODEL_TYPE.get(key)
+    from sae_audit.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    adapter = manager.model_adapter(key)
     if adapter is None:
         raise SaeAuditError(
-            f"unsupported model family {key!r}; supported families: {', '.join(SUPPORTED_FAMILIES)} "
-            "(transformers classes ViTModel, Dinov2Model, Dinov2WithRegistersModel, "
-            "CLIPVisionModel, SiglipVisionModel)"
+            f"unsupported model family {key!r}; supported families: {', '.join(manager.model_adapters())} "
+            "(built in: transformers classes ViTModel, Dinov2Model, Dinov2WithRegistersModel, "
+            "CLIPVisionModel, SiglipVisionModel; plugins add others)"
         )
     return adapter

@@ -2,66 +2,82 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from sae_audit.report.results import atomic_write_text, dump_results, load_results
+from sae_audit.report.results import (
+    atomic_write_bytes,
+    atomic_write_text,
+    dump_results,
+    load_results,
+    validate_results,
+)
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _figures(results: dict):
+def render_reports(results: dict, formats=("md", "html")) -> dict[str, str | bytes]:
+    """Render the reports in memory: ``{relative path: content}``.
+
+    ``report.md`` with ``figures/*.png`` for ``"md"``, one self-contained
+    ``report.html`` for ``"html"``. Each figure is drawn once and shared.
+
+    Raises:
+        ValueError: a figure or image name that is not a plain file-name stem (a bug in a section builder).
+    """
     from sae_audit.report import plots
+    from sae_audit.report.html import render_html
+    from sae_audit.report.markdown import figure_path, render_markdown
+    from sae_audit.report.view import build_view
 
-    datasets = results["datasets"]
-    id_name = next(d["name"] for d in datasets if d["role"] == "id")
-    ood = [d["name"] for d in datasets if d["role"] == "ood"]
-    for i, s in enumerate(results["saes"]):
-        yield (f"frequency-hist-{i}", plots.frequency_histogram(s, [id_name] + ood),
-               f"Histogram of log10 firing frequency of alive latents of {s['label']} on each image set.")
-        yield (f"frequency-scatter-{i}", plots.frequency_scatter(s, id_name, ood),
-               f"Per-latent firing frequency on {id_name} against each OOD set for {s['label']}; "
-               "points above the dashed line fire more often out of distribution.")
+    view = build_view(results)
+    pngs: dict[str, bytes] = {}
+    for fig in view.figures():
+        if not _SAFE_NAME.match(fig.name) or fig.name in pngs:
+            raise ValueError(f"figure name {fig.name!r} is not a unique plain file-name stem")
+        pngs[fig.name] = plots.to_png_bytes(fig.draw())
+    outputs: dict[str, str | bytes] = {}
+    if "md" in formats:
+        for name, png in pngs.items():
+            outputs[figure_path(name)] = png
+        for im in view.images():
+            if not _SAFE_NAME.match(im.name) or figure_path(im.name) in outputs:
+                raise ValueError(f"image name {im.name!r} is not a unique plain file-name stem")
+            outputs[figure_path(im.name)] = im.png
+        outputs["report.md"] = render_markdown(view)
+    if "html" in formats:
+        outputs["report.html"] = render_html(view, pngs)
+    return outputs
 
 
 def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_json: bool = True) -> list[Path]:
     """Write ``results.json`` (optional), ``report.md`` (+ ``figures/*.png``) and ``report.html``.
 
-    Every file is written under a temporary name and renamed into place, so a
-    failure never leaves a half-written report over a good one. Rendering
-    happens before anything is written.
+    Everything is rendered in memory first; then every file is written under
+    a temporary name and renamed into place, so a failure never leaves a
+    half-written report over a good one.
     """
-    from sae_audit import __version__
-    from sae_audit.report import plots
-    from sae_audit.report.html import render_html
-    from sae_audit.report.markdown import render_markdown
-    from sae_audit.report.view import build_view
-
     out_dir = Path(out_dir)
-    view = build_view(results)
     outputs: dict[str, str | bytes] = {}
     if write_json:
         outputs["results.json"] = dump_results(results)
-    figs = list(_figures(results))
-    if "md" in formats:
-        md_figs = []
-        for name, fig, alt in figs:
-            outputs[f"figures/{name}.png"] = plots.to_png_bytes(fig)
-            md_figs.append({"path": f"figures/{name}.png", "alt": alt})
-        outputs["report.md"] = render_markdown(view, md_figs)
-        figs = list(_figures(results)) if "html" in formats else []
-    if "html" in formats:
-        html_figs = [{"svg": plots.to_svg(fig), "alt": alt} for _, fig, alt in figs]
-        outputs["report.html"] = render_html(view, html_figs, __version__)
+    outputs.update(render_reports(results, formats))
     written = []
     for rel, content in outputs.items():
         path = out_dir / rel
         if isinstance(content, bytes):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(content)
-            tmp.replace(path)
+            atomic_write_bytes(path, content)
         else:
             atomic_write_text(path, content)
         written.append(path)
+    if "md" in formats:
+        # Figures of an earlier report in this folder that this one does not
+        # reference (e.g. it had more SAEs) would only mislead a reader.
+        for stale in sorted((out_dir / "figures").glob("*.png")):
+            if stale not in written:
+                stale.unlink()
     return written
 
 
-__all__ = ["atomic_write_text", "dump_results", "load_results", "write_reports"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "dump_results", "load_results", "render_reports",
+           "validate_results", "write_reports"]

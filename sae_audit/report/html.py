@@ -1,6 +1,8 @@
-"""Self-contained HTML report: inline CSS and inline SVG figures, no script, no external URL."""
+"""Self-contained HTML report: inline CSS, figures and thumbnails as PNG data URIs, no script, no URL."""
 
 from __future__ import annotations
+
+import base64
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
@@ -9,7 +11,7 @@ from sae_audit.report.view import Table, View
 
 
 def _is_number(text: str) -> bool:
-    t = text.replace(",", "").replace("%", "").replace("e-", "").replace("−", "-")
+    t = text.replace(",", "").replace("%", "").replace("−", "-")
     try:
         float(t)
         return True
@@ -17,9 +19,10 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def html_table(t: Table, headless: bool = False) -> Markup:
+def html_table(t: Table) -> Markup:
+    """A table with a caption, ``th`` column headers (unless headless) and a ``th`` row header per row."""
     parts = ["<table>", f"<caption>{escape(t.caption)}</caption>"]
-    if not headless:
+    if not t.headless:
         parts.append("<thead><tr>" + "".join(f'<th scope="col">{escape(h)}</th>' for h in t.header) + "</tr></thead>")
     parts.append("<tbody>")
     for row in t.rows:
@@ -30,9 +33,21 @@ def html_table(t: Table, headless: bool = False) -> Markup:
     return Markup("\n".join(parts))
 
 
-def render_html(view: View, figures: list[dict], tool_version: str) -> str:
-    """Render ``view``; ``figures`` are ``{"svg": inline svg markup, "alt": text}`` dicts."""
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def render_html(view: View, figure_png: dict[str, bytes]) -> str:
+    """Render ``view`` as one self-contained HTML page.
+
+    Args:
+        view: what to say (:func:`sae_audit.report.view.build_view`).
+        figure_png: PNG bytes of every :class:`~sae_audit.report.view.Figure`, by name.
+    Every text is HTML-escaped (Jinja autoescape); images are ``data:`` URIs.
+    """
     env = Environment(loader=PackageLoader("sae_audit.report", "templates"),
-                      autoescape=select_autoescape(["html", "j2"]))
-    return env.get_template("report.html.j2").render(view=view, figures=figures, table=html_table,
-                                                     tool_version=tool_version)
+                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=False)
+    return env.get_template("report.html.j2").render(
+        view=view, table=html_table, kind=lambda b: type(b).__name__,
+        figure_src=lambda f: data_uri(figure_png[f.name]), image_src=lambda im: data_uri(im.png),
+    )

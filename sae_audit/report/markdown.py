@@ -1,4 +1,10 @@
-"""Markdown report (GitHub and Hugging Face hub flavour) rendered from the results document."""
+"""Markdown report (GitHub and Hugging Face hub flavour) rendered from the results document.
+
+Tables are GitHub pipe tables, per-latent detail sits in ``<details>`` blocks,
+figures are PNG files referenced relative to the report folder
+(``figures/NAME.png``). Every name or label is escaped (:func:`md_escape`), so a
+file name or class name containing Markdown or HTML renders literally.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +15,38 @@ from jinja2 import Environment, PackageLoader
 
 from sae_audit.report.view import Table, View
 
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#!~])")
 
 
 def md_escape(text) -> str:
-    """Escape Markdown and inline-HTML syntax so names and labels render literally."""
-    return _MD_SPECIAL.sub(r"\\\1", str(text)).replace("\n", " ")
+    """Escape Markdown and inline-HTML syntax so names and labels render literally.
+
+    Backslash-escapes Markdown punctuation (including ``<`` and ``>``, so no
+    HTML tag survives) and turns ``&`` into ``&amp;`` so no entity is decoded.
+    """
+    text = str(text).replace("&", "&amp;")
+    return _MD_SPECIAL.sub(r"\\\1", text).replace("\r", " ").replace("\n", " ")
 
 
-def md_table(t: Table, headless: bool = False) -> str:
-    header = ["", ""] if headless else t.header
+def md_table(t: Table) -> str:
+    header = ["", ""] if t.headless else t.header
     lines = ["| " + " | ".join(md_escape(h) for h in header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in t.rows]
     return "\n".join(lines) + "\n"
 
 
-def render_markdown(view: View, figures: list[dict]) -> str:
-    """Render ``view``; ``figures`` are ``{"path": relative path, "alt": text}`` dicts."""
+def figure_path(name: str) -> str:
+    """Where a figure or image named ``name`` lives, relative to the report folder."""
+    return f"figures/{name}.png"
+
+
+def render_markdown(view: View) -> str:
+    """Render ``view``; figures and gallery images are referenced as ``figures/<name>.png``."""
     env = Environment(loader=PackageLoader("sae_audit.report", "templates"), autoescape=False,
                       keep_trailing_newline=True)
     tmpl = env.get_template("report.md.j2")
-    text = tmpl.render(view=view, figures=figures, table=md_table, md=md_escape,
-                       html=lambda s: _html.escape(str(s)))
-    return re.sub(r"\n{3,}", "\n\n", text)
+    text = tmpl.render(view=view, table=md_table, md=md_escape, html=lambda s: _html.escape(str(s)),
+                       kind=lambda b: type(b).__name__, figure_src=lambda f: figure_path(f.name),
+                       image_src=lambda im: figure_path(im.name))
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

@@ -6,11 +6,18 @@ Top level (schema version 1)::
     tool             {name, version, git_revision}
     created          ISO-8601 UTC timestamp
     model            {name, revision, family, num_blocks, d_model, image_size, device, dtype}
-    settings         the audit's settings (batch size, dense threshold, ...)
-    datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes}]
-    saes             [{spec, label, hook_point, config, datasets: {name: metrics}, pairs: [...]}]
+    settings         the audit's settings (batch size, dense threshold, seed, ...)
+    provenance       {python, platform, packages: {torch, transformers, ...}, plugins, seeds, command}
+    metrics          {key: {label, higher_is_better, scope, description}}
+    datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes,
+                       content_hash, content_hash_of}]
+    saes             [{spec, label, hook_point, weights_sha256, config, datasets: {name: metrics},
+                       pairs: [...]}]
+    plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
+    extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
-Every renderer reads this document alone.
+The JSON Schema is shipped in the package: ``sae_audit/report/schema/results-v1.json``
+(:func:`schema`). Every renderer reads this document alone.
 """
 
 from __future__ import annotations
@@ -55,9 +62,105 @@ def local_revision(path: str | os.PathLike) -> str | None:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) -> dict:
-    """Assemble the results document with provenance (see the module docstring)."""
+def files_sha256(folder: str | os.PathLike, pattern: str = "*.safetensors") -> str | None:
+    """``sha256:<64 hex>`` of the files of ``folder`` matching ``pattern``; ``None`` when none match.
+
+    One file: the SHA-256 of its bytes (what ``sha256sum FILE`` prints). Several
+    files: the SHA-256 of the ``sha256sum`` listing of them, sorted by name
+    (``"<hex>  <name>\\n"`` per file), so renaming a shard changes it too.
+    """
+    import hashlib
+
+    files = sorted(Path(folder).glob(pattern))
+    if not files:
+        return None
+    hexes = []
+    for f in files:
+        digest = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        hexes.append(digest.hexdigest())
+    if len(files) == 1:
+        return "sha256:" + hexes[0]
+    listing = "".join(f"{h}  {f.name}\n" for h, f in zip(hexes, files))
+    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+
+
+def dataset_fingerprint(image_set) -> dict:
+    """A cheap content hash of an image set as the audit reads it.
+
+    Hashes, in order, every item's id (a relative path or ``name#index``) and
+    label, plus, for folder sets, each file's size; sets read from one file
+    (IDX, OpenCV's ``digits.png``) add the bytes of that file (and of an IDX
+    label file). It identifies *which* images were read without decoding them
+    again. Returns ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    base = getattr(image_set, "base", image_set)
+    root = getattr(base, "root", None)
+    what = ["item ids", "labels"]
+    for i in range(len(image_set)):
+        item = str(image_set.item_id(i))
+        size = ""
+        if root is not None:
+            try:
+                size = str(os.path.getsize(Path(root) / item))
+            except OSError:
+                size = "?"
+        digest.update(f"{item}\0{image_set.label(i)}\0{size}\n".encode())
+    if root is not None:
+        what.append("file sizes")
+    files = [getattr(base, "images_path", None), getattr(base, "labels_path", None)]
+    if files[0] is None and isinstance(getattr(base, "source", None), str) and base.source:
+        files = [base.source.split(" (")[0]]
+    for f in files:
+        if f is not None and Path(str(f)).is_file():
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            what.append(f"bytes of {Path(str(f)).name}")
+    return {"content_hash": "sha256:" + digest.hexdigest(),
+            "content_hash_of": ", ".join(what[:-1]) + " and " + what[-1]}
+
+
+def provenance(seed: int | None = None, command: str | None = None) -> dict:
+    """Versions of Python and the key packages, the platform, installed plugins, seeds and the command line."""
+    import platform
+    from importlib import metadata
+
+    packages = {}
+    for name in ("torch", "transformers", "huggingface_hub", "safetensors", "numpy", "scipy", "pillow"):
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    plugins = {}
+    try:
+        for ep in metadata.entry_points(group="sae_audit"):
+            dist = getattr(ep, "dist", None)
+            plugins[ep.name] = dist.version if dist is not None else None
+    except Exception:  # noqa: BLE001 - a broken plugin install must not break provenance
+        pass
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": packages,
+        "plugins": plugins,
+        "seeds": {"subset": seed},
+        "command": command,  # the CLI fills in its command line; None from the Python API
+    }
+
+
+def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict, plugins: list[dict] | None = None) -> dict:
+    """Assemble the results document with provenance (see the module docstring).
+
+    ``plugins`` defaults to every plugin loaded in the process-wide plugin manager.
+    """
     from sae_audit import __version__
+    from sae_audit.report.metric_info import metrics_table
 
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -74,13 +177,22 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict) ->
             "dtype": str(vm.dtype).replace("torch.", ""),
         },
         "settings": settings,
+        "provenance": provenance(settings.get("seed")),
+        "metrics": metrics_table(),
         "datasets": datasets,
         "saes": saes,
+        "plugins": plugins if plugins is not None else _loaded_plugins(),
     }
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
+def _loaded_plugins() -> list[dict]:
+    from sae_audit.plugins import get_plugin_manager
+
+    return get_plugin_manager().provenance()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename.
 
     A crash or error half-way leaves the previous file (if any) untouched.
     """
@@ -88,35 +200,130 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename (see :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
 def dump_results(results: dict) -> str:
     return json.dumps(results, indent=1, allow_nan=False) + "\n"
 
 
+def schema(version: int = RESULTS_SCHEMA_VERSION) -> dict:
+    """The JSON Schema of results documents of ``version`` (shipped in the package)."""
+    from importlib import resources
+
+    text = resources.files("sae_audit.report").joinpath(f"schema/results-v{version}.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _json_path(parts) -> str:
+    path = "$"
+    for p in parts:
+        path += f"[{p}]" if isinstance(p, int) else (f".{p}" if str(p).isidentifier() else f"[{json.dumps(p)}]")
+    return path
+
+
+def validate_results(data: dict, where: str = "results") -> None:
+    """Check ``data`` against the shipped JSON Schema (and a few cross-field rules).
+
+    Raises:
+        SaeAuditError: naming the JSON path of the first error, e.g.
+            ``$.saes[0].datasets.digits.fvu: 'x' is not of type 'number', 'null'``.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        first = errors[0]
+        more = f" ({len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+        raise SaeAuditError(
+            f"{where} does not match the results schema v{RESULTS_SCHEMA_VERSION} at "
+            f"{_json_path(first.absolute_path)}: {first.message}{more}"
+        )
+    roles = [d["role"] for d in data["datasets"]]
+    if roles.count("id") != 1 or "ood" not in roles:
+        raise SaeAuditError(f"{where}: $.datasets must hold exactly one 'id' set and at least one 'ood' set, "
+                            f"got roles {roles}")
+    names = [d["name"] for d in data["datasets"]]
+    for i, s in enumerate(data["saes"]):
+        missing = [n for n in names if n not in s["datasets"]]
+        if missing:
+            raise SaeAuditError(f"{where}: $.saes[{i}].datasets has no metrics for image set(s) {missing}")
+        ood_pairs = {p["ood"] for p in s["pairs"]}
+        lacking = [n for d, n in zip(roles, names) if d == "ood" and n not in ood_pairs]
+        if lacking:
+            raise SaeAuditError(f"{where}: $.saes[{i}].pairs has no ID/OOD comparison for {lacking}")
+
+
+# Upgraders from an older schema version to the next one: {old_version: fn(doc) -> doc}.
+# Version 1 is the first; a future version 2 adds an entry for 1 here.
+UPGRADERS: dict[int, object] = {}
+
+
+def upgrade_results(data: dict, where: str = "results") -> dict:
+    """Bring ``data`` to :data:`RESULTS_SCHEMA_VERSION`, or say exactly why it cannot.
+
+    Files of the current version written before optional blocks existed
+    (``metrics``) get them filled in from this version's tables.
+
+    Raises:
+        SaeAuditError: a version newer than this sae-audit reads (upgrade
+            sae-audit), an older one with no upgrade path, or not an integer.
+    """
+    version = data.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise SaeAuditError(f"{where}: schema_version must be an integer, got {version!r}")
+    if version > RESULTS_SCHEMA_VERSION:
+        raise SaeAuditError(
+            f"{where} has results schema version {version}, written by a newer sae-audit; this sae-audit "
+            f"reads versions up to {RESULTS_SCHEMA_VERSION}: upgrade sae-audit (pip install -U sae-audit)"
+        )
+    while version < RESULTS_SCHEMA_VERSION:
+        step = UPGRADERS.get(version)
+        if step is None:
+            raise SaeAuditError(
+                f"{where} has results schema version {version}; sae-audit {RESULTS_SCHEMA_VERSION} has no "
+                f"upgrade from it (the first published version is 1): re-run the audit with this sae-audit"
+            )
+        data = step(data)  # type: ignore[operator]
+        version = data["schema_version"]
+    if "metrics" not in data:
+        from sae_audit.report.metric_info import metrics_table
+
+        data["metrics"] = metrics_table()
+    return data
+
+
 def load_results(path: str | os.PathLike) -> dict:
-    """Read a ``results.json``; :class:`SaeAuditError` if unreadable or of an unknown schema."""
+    """Read, upgrade and validate a ``results.json``.
+
+    Raises:
+        SaeAuditError: the file is missing or not JSON, is not a results file,
+            has a schema version that cannot be upgraded, or does not match the
+            schema (the message gives the JSON path of the first error).
+    """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SaeAuditError(f"results file {path} does not exist") from None
+    except IsADirectoryError:
+        raise SaeAuditError(f"{path} is a folder; pass the results.json inside it") from None
     except (OSError, ValueError) as exc:
         raise SaeAuditError(f"{path} is not a readable JSON file: {exc}") from None
     if not isinstance(data, dict) or "schema_version" not in data:
         raise SaeAuditError(f"{path} is not an sae-audit results file (no schema_version)")
-    if data["schema_version"] != RESULTS_SCHEMA_VERSION:
-        raise SaeAuditError(
-            f"{path} has results schema version {data['schema_version']}; this sae-audit reads "
-            f"version {RESULTS_SCHEMA_VERSION}"
-        )
-    for key in ("model", "datasets", "saes"):
-        if key not in data:
-            raise SaeAuditError(f"{path}: missing top-level key {key!r}")
+    data = upgrade_results(data, str(path))
+    validate_results(data, str(path))
     return data

@@ -1,37 +1,135 @@
 """What a report says, computed once from the results document.
 
-Both renderers (Markdown, HTML) format the same view: a summary verdict,
-tables with SAEs side by side, the most shifted latents, and provenance.
+Both renderers (Markdown, HTML) format the same :class:`View`: a title and an
+ordered list of :class:`Section` objects. A section holds *blocks*, rendered in
+order by both renderers:
+
+- ``str``: a paragraph of plain text (escaped by the renderers);
+- :class:`Bullets`: a list of plain-text items;
+- :class:`Table`: a caption, a header row and body rows (first cell of each
+  row is a row header);
+- :class:`Figure`: a matplotlib figure drawn on demand (``draw()``), with alt
+  text; PNG file under ``figures/`` in Markdown, a PNG data URI in HTML;
+- :class:`Gallery`: small images (PNG bytes, e.g. latent thumbnails stored
+  with the results), each with alt text;
+- :class:`Details`: a collapsible group of blocks (``<details>``).
+
+Adding a section: write a function ``results -> list[Section]`` and list it
+in :data:`SECTION_BUILDERS` (or, for the audit suites, define ``sections(results)``
+in :mod:`sae_audit.report.suite_sections`): its sections are placed after
+"Reconstruction" and before "Shifted latents". Everything must come from the
+results document alone.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Callable, Union
+
+from sae_audit.report.metric_info import METRICS, MetricInfo, metrics_of
 
 
 @dataclass
 class Table:
+    """A table; ``headless`` tables are key/value lists (no header row)."""
+
     caption: str
     header: list[str]
     rows: list[list[str]]
     note: str = ""
+    headless: bool = False
+
+
+@dataclass
+class Bullets:
+    items: list[str]
+
+
+@dataclass
+class Figure:
+    """A plot: ``draw()`` returns a matplotlib figure; ``name`` is a file-name stem ([a-z0-9-])."""
+
+    name: str
+    alt: str
+    draw: Callable[[], object]
+    caption: str = ""
+
+
+@dataclass
+class Image:
+    """A raster image (PNG bytes) with its alt text, e.g. one thumbnail."""
+
+    name: str
+    alt: str
+    png: bytes
+    caption: str = ""
+
+
+@dataclass
+class Gallery:
+    caption: str
+    images: list[Image]
+    note: str = ""
+
+
+@dataclass
+class Details:
+    summary: str
+    blocks: list = field(default_factory=list)
+
+
+@dataclass
+class Raw:
+    """A plugin's own report fragments, inserted as written (``markdown`` and ``html``),
+    or, when ``error`` is set, a visible note that the section could not be rendered."""
+
+    markdown: str = ""
+    html: str = ""
+    error: str | None = None
+
+
+Block = Union[str, Bullets, Table, Figure, Gallery, Details, Raw]
+
+
+@dataclass
+class Section:
+    """A top-level report section (``<h2>``); ``id`` is its anchor ([a-z0-9-])."""
+
+    id: str
+    title: str
+    blocks: list = field(default_factory=list)
 
 
 @dataclass
 class View:
     title: str
-    summary: list[str]
-    setup: Table
-    sae_table: Table
-    dataset_tables: list[Table]
-    pair_tables: list[Table]
-    latent_tables: list[tuple[str, list[Table]]] = field(default_factory=list)
-    provenance: Table | None = None
-    method: list[str] = field(default_factory=list)
+    subtitle: str
+    sections: list[Section]
+
+    def section(self, id: str) -> Section:
+        return next(s for s in self.sections if s.id == id)
+
+    def figures(self) -> list[Figure]:
+        """Every figure of the view, in order (inside :class:`Details` too)."""
+        return [b for b in _walk(self.sections) if isinstance(b, Figure)]
+
+    def images(self) -> list[Image]:
+        return [im for b in _walk(self.sections) if isinstance(b, Gallery) for im in b.images]
+
+
+def _walk(sections):
+    for s in sections:
+        stack = list(s.blocks)
+        while stack:
+            b = stack.pop(0)
+            yield b
+            if isinstance(b, Details):
+                stack[:0] = b.blocks
 
 
 def fmt(value, digits: int = 3, pct: bool = False) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -46,130 +144,269 @@ def fmt(value, digits: int = 3, pct: bool = False) -> str:
     return str(value)
 
 
-# (key, label, formatter-kwargs, higher-is-better)
-DATASET_METRICS = [
-    ("fvu", "FVU (lower is better)", {}),
-    ("explained_variance", "explained variance", {}),
-    ("cosine", "cosine(x, x̂)", {}),
-    ("relative_mse", "relative MSE", {}),
-    ("alive_fraction", "alive latents", {"pct": True}),
-    ("dead_fraction", "dead latents", {"pct": True}),
-    ("dense_fraction", "dense latents (f > threshold)", {"pct": True}),
-    ("l0_mean", "L0 (mean)", {"digits": 2}),
-    ("effective_units_mean", "effective units (mean)", {"digits": 2}),
-    ("n_inputs", "inputs (tokens)", {}),
-    ("n_nonfinite", "non-finite inputs dropped", {}),
-]
-
-PAIR_METRICS = [
-    ("fvu_gap", "FVU gap (OOD − ID)", {}),
-    ("shared_alive", "shared alive (of ID alive)", {"pct": True}),
-    ("n_ood_only", "OOD-only latents", {}),
-    ("n_id_only", "ID-only latents", {}),
-    ("js_divergence", "JS divergence of frequencies (bits)", {}),
-    ("spearman", "Spearman ρ of frequencies", {}),
-]
+def fmt_metric(info: MetricInfo, value) -> str:
+    return fmt(value, info.digits, info.pct)
 
 
-def build_view(results: dict) -> View:
-    model = results["model"]
-    saes = results["saes"]
+def direction(info: MetricInfo) -> str:
+    """`` (higher is better)``, `` (lower is better)`` or ``""``: said in words, never by colour alone."""
+    if info.higher_is_better is None:
+        return ""
+    return " (higher is better)" if info.higher_is_better else " (lower is better)"
+
+
+# Extra section builders: functions ``results -> list[Section]``.
+SECTION_BUILDERS: list[Callable[[dict], list[Section]]] = []
+
+# Per-latent detail is capped: rows per latent table in the report.
+MAX_LATENT_ROWS = 10
+# Class names listed per image set in the setup table.
+MAX_CLASSES = 12
+
+
+def _names(results: dict) -> tuple[str, list[str]]:
     datasets = results["datasets"]
     id_name = next(d["name"] for d in datasets if d["role"] == "id")
-    ood_names = [d["name"] for d in datasets if d["role"] == "ood"]
-    labels = [s["label"] for s in saes]
+    return id_name, [d["name"] for d in datasets if d["role"] == "ood"]
 
-    summary = []
+
+def _pair(sae: dict, ood: str) -> dict:
+    return next(p for p in sae["pairs"] if p["ood"] == ood)
+
+
+def verdict(results: dict) -> list[str]:
+    """Plain sentences: what changed between ID and OOD, and which SAE covers each OOD set better."""
+    id_name, ood_names = _names(results)
+    saes = results["saes"]
+    lines = []
     for ood in ood_names:
-        gaps = []
+        parts = []
         for s in saes:
-            pair = next(p for p in s["pairs"] if p["ood"] == ood)
-            gaps.append((pair["fvu_gap"], s["label"], pair))
-        known = [g for g in gaps if g[0] is not None]
-        parts = [
-            f"{lab}: FVU {fmt(s_id)} → {fmt(s_ood)} (gap {fmt(gap)}), {pair['n_ood_only']} OOD-only latents, "
-            f"JS {fmt(pair['js_divergence'])}"
-            for (gap, lab, pair), s_id, s_ood in zip(
-                gaps,
-                [s["datasets"][id_name]["fvu"] for s in saes],
-                [s["datasets"][ood]["fvu"] for s in saes],
+            p = _pair(s, ood)
+            d_id, d_ood = s["datasets"][id_name], s["datasets"][ood]
+            parts.append(
+                f"{s['label']}: FVU {fmt(d_id['fvu'])} → {fmt(d_ood['fvu'])} (gap {fmt(p['fvu_gap'])}), "
+                f"alive latents {fmt(d_id['alive_fraction'], pct=True)} → {fmt(d_ood['alive_fraction'], pct=True)}, "
+                f"{p['n_ood_only']:,} OOD-only and {p['n_id_only']:,} ID-only latents, "
+                f"JS divergence {fmt(p['js_divergence'])} bits"
             )
-        ]
-        line = f"{id_name} → {ood}: " + "; ".join(parts) + "."
-        if len(known) > 1:
-            best = min(known, key=lambda g: g[0])
-            line += f" Smallest reconstruction gap: {best[1]}."
-        summary.append(line)
+        line = f"{id_name} (ID) → {ood} (OOD): " + "; ".join(parts) + "."
+        if len(saes) > 1:
+            gaps = [(_pair(s, ood)["fvu_gap"], s["label"]) for s in saes if _pair(s, ood)["fvu_gap"] is not None]
+            shared = [(_pair(s, ood)["shared_alive"], s["label"]) for s in saes
+                      if _pair(s, ood)["shared_alive"] is not None]
+            if gaps:
+                best_gap = min(gaps)[1]
+                line += f" Best OOD reconstruction (smallest FVU gap): {best_gap}."
+            if shared:
+                best_shared = max(shared)[1]
+                line += f" Most ID latents still used on OOD (shared alive): {best_shared}."
+        lines.append(line)
+    if len(saes) > 1 and ood_names:
+        best: dict[str, str] = {}
+        for ood in ood_names:
+            gaps = [(_pair(s, ood)["fvu_gap"], s["label"]) for s in saes if _pair(s, ood)["fvu_gap"] is not None]
+            if gaps:
+                best[ood] = min(gaps)[1]
+        winners = set(best.values())
+        if len(winners) == 1 and len(best) == len(ood_names) == 1:
+            lines.insert(0, f"Verdict: {winners.pop()} covers {ood_names[0]} best (smallest reconstruction gap "
+                            "FVU_OOD − FVU_ID).")
+        elif len(winners) == 1 and len(best) == len(ood_names):
+            lines.insert(0, f"Verdict: {winners.pop()} covers every OOD set best (smallest reconstruction gap "
+                            f"FVU_OOD − FVU_ID on all {len(ood_names)}).")
+        elif best:
+            lines.insert(0, "Verdict: no SAE covers every OOD set best; smallest reconstruction gap: "
+                         + "; ".join(f"on {o}, {lab}" for o, lab in best.items()) + ".")
+    elif len(saes) == 1 and ood_names:
+        worst = max(ood_names, key=lambda o: _pair(saes[0], o)["fvu_gap"] if _pair(saes[0], o)["fvu_gap"]
+                    is not None else -math.inf)
+        lines.insert(0, f"Verdict: {saes[0]['label']} covers {worst} least well "
+                        f"(FVU gap {fmt(_pair(saes[0], worst)['fvu_gap'])}).")
+    return lines
 
-    setup_rows = [
+
+def _setup_table(results: dict) -> Table:
+    model = results["model"]
+    rows = [
         ["model", f"{model['name']} ({model['family']}, {model['num_blocks']} blocks, d_model {model['d_model']})"],
         ["revision", str(model.get("revision") or "n/a")],
         ["input resolution", f"{model.get('image_size')} px"],
         ["device / dtype", f"{model.get('device')} / {model.get('dtype')}"],
     ]
-    for d in datasets:
+    for d in results["datasets"]:
         classes = d.get("classes") or []
-        cls_text = f", {len(classes)} classes" if classes else ""
-        setup_rows.append(
-            [f"{d['role'].upper()} set", f"{d['name']}: {d['n_images']:,} images{cls_text}, "
-                                         f"{d['n_skipped']} unreadable skipped"]
-        )
-    setup = Table("Setup", ["", ""], setup_rows)
+        shown = ", ".join(classes[:MAX_CLASSES]) + (", ..." if len(classes) > MAX_CLASSES else "")
+        cls_text = f", {len(classes)} {'class' if len(classes) == 1 else 'classes'} ({shown})" if classes else ""
+        rows.append([f"{d['role'].upper()} set", f"{d['name']}: {d['n_images']:,} images{cls_text}, "
+                                                 f"{d.get('n_skipped', 0)} unreadable skipped"])
+    return Table("Setup", ["", ""], rows, headless=True)
 
-    sae_rows = []
-    for s in saes:
+
+def _sae_table(results: dict) -> Table:
+    rows = []
+    for s in results["saes"]:
         c = s["config"]
-        sae_rows.append([
+        rows.append([
             s["label"], s["hook_point"], f"{c['d_in']} → {c['d_sae']}", str(c["k"]),
-            f"{c['lambda_off']:g}", f"{c['lambda_ratio']:g}", str(c.get("model") or "n/a"), s["spec"],
+            f"{c.get('lambda_off', 0):g}", f"{c.get('lambda_ratio', 0):g}", str(c.get("model") or "n/a"), s["spec"],
         ])
-    sae_table = Table("SAEs", ["SAE", "hook point", "d_in → d_sae", "k", "λ off-support L1", "λ L1/L2",
-                               "trained on model", "source"], sae_rows)
+    return Table("The audited SAEs", ["SAE", "hook point", "d_in → d_sae", "k", "λ off-support L1", "λ L1/L2",
+                          "trained on model", "source"], rows)
 
-    dataset_tables = []
-    for name in [id_name] + ood_names:
-        rows = [[label] + [fmt(s["datasets"][name][key], **kw) for s in saes] for key, label, kw in DATASET_METRICS]
-        role = "ID" if name == id_name else "OOD"
-        dataset_tables.append(Table(f"{name} ({role})", ["metric"] + labels, rows))
 
-    pair_tables = []
+def _coverage_section(results: dict) -> Section:
+    from sae_audit.report import plots
+
+    id_name, ood_names = _names(results)
+    saes = results["saes"]
+    labels = [s["label"] for s in saes]
+    blocks: list = [
+        "How the SAE's latents are used on each OOD set compared with the ID set. Each metric's label says "
+        "which direction is better, where one is."
+    ]
     for ood in ood_names:
-        rows = []
-        for key, label, kw in PAIR_METRICS:
-            rows.append([label] + [fmt(next(p for p in s["pairs"] if p["ood"] == ood)[key], **kw) for s in saes])
-        pair_tables.append(Table(f"{id_name} (ID) vs {ood} (OOD)", ["metric"] + labels, rows))
+        rows = [[m.label + direction(m)] + [fmt_metric(m, _pair(s, ood).get(m.key)) for s in saes]
+                for m in metrics_of("pair")]
+        blocks.append(Table(f"{id_name} (ID) vs {ood} (OOD)", ["metric"] + labels, rows))
+    for i, s in enumerate(saes):
+        blocks.append(Figure(
+            f"frequency-hist-{i}",
+            f"Step histograms of log10 firing frequency of the alive latents of {s['label']}, one line style per "
+            f"image set ({', '.join([id_name] + ood_names)}); dead latents are counted in the legend.",
+            lambda s=s: plots.frequency_histogram(s, [id_name] + ood_names),
+        ))
+        blocks.append(Figure(
+            f"frequency-scatter-{i}",
+            f"Per-latent firing frequency on {id_name} (x) against each OOD set (y, one marker shape per set) "
+            f"for {s['label']}, log-log; points above the dashed diagonal fire more often out of distribution.",
+            lambda s=s: plots.frequency_scatter(s, id_name, ood_names),
+        ))
+    return Section("coverage", "ID vs OOD coverage", blocks)
 
-    latent_tables = []
-    for s in saes:
-        tables = []
+
+def _reconstruction_section(results: dict) -> Section:
+    from sae_audit.report import plots
+
+    id_name, ood_names = _names(results)
+    saes = results["saes"]
+    labels = [s["label"] for s in saes]
+    blocks: list = [Figure(
+        "reconstruction",
+        "Grouped bars of FVU (lower is better) on each image set, one hatch pattern per SAE ("
+        + ", ".join(labels) + "); the value is printed above each bar.",
+        lambda: plots.reconstruction_bars(results),
+    )]
+    for name in [id_name] + ood_names:
+        rows = [[m.label + direction(m)] + [fmt_metric(m, s["datasets"][name].get(m.key)) for s in saes]
+                for m in metrics_of("dataset")]
+        role = "ID" if name == id_name else "OOD"
+        blocks.append(Table(f"{name} ({role})", ["metric"] + labels, rows))
+    return Section("reconstruction", "Reconstruction and sparsity per image set", blocks)
+
+
+def _latents_section(results: dict) -> Section:
+    blocks: list = [
+        f"Per SAE and OOD set: the latents whose firing frequency shifted most (by |log10 shift|) and the most "
+        f"frequent OOD-only latents, at most {MAX_LATENT_ROWS} each; the full frequency vectors are in "
+        "results.json."
+    ]
+    for s in results["saes"]:
+        d_sae = s["config"]["d_sae"]
+        inner: list = []
         for pair in s["pairs"]:
-            for key, what in (("top_shifted", "most shifted"), ("top_ood_only", "most frequent OOD-only")):
-                rows = [[str(r["latent"]), fmt(r["freq_id"], 4), fmt(r["freq_ood"], 4), fmt(r["log10_shift"], 2)]
-                        for r in pair[key]]
-                tables.append(Table(f"{what} latents, {pair['id']} vs {pair['ood']}",
-                                    ["latent", "f ID", "f OOD", "log10 shift"], rows,
-                                    note="none" if not rows else ""))
-        latent_tables.append((s["label"], tables))
+            for key, what, total in (("top_shifted", "most shifted", d_sae),
+                                     ("top_ood_only", "most frequent OOD-only", pair["n_ood_only"])):
+                rows_all = pair.get(key) or []
+                rows = [[str(r["latent"]), fmt(r["freq_id"], 4), fmt(r["freq_ood"], 4), fmt(r.get("log10_shift"), 2)]
+                        for r in rows_all[:MAX_LATENT_ROWS]]
+                left = max(0, total - len(rows))
+                note = "none" if not rows else (f"{left:,} more latent(s) not shown" if left else "")
+                inner.append(Table(f"{what} latents, {pair['id']} vs {pair['ood']}",
+                                   ["latent", "f ID", "f OOD", "log10 shift"], rows, note=note))
+        blocks.append(Details(s["label"], inner))
+    return Section("latents", "Shifted latents", blocks)
 
+
+METHOD = [
+    "Each image goes through the model's own preprocessing; the forward pass stops after the deepest "
+    "hooked block. The SAE reads the block output (the residual stream after that block) on its token "
+    "set, encodes it with Top-k (ReLU after selection) and decodes it.",
+    "Firing frequency f_j is the share of inputs (tokens) on which latent j is non-zero; alive means "
+    "f_j > 0, dense f_j above the threshold. FVU is Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the dataset "
+    "(variance about the dataset mean). Effective units is (‖z‖₁/‖z‖₂)².",
+    "Shared alive = |alive_ID ∩ alive_OOD| / |alive_ID|. The JS divergence (base 2, in [0, 1]) and "
+    "Spearman ρ compare the two frequency profiles normalised to sum 1. Formulas: Gao et al. 2024 "
+    "(arXiv 2406.04093) and Jacquier et al. 2026 (arXiv 2606.27321).",
+]
+
+
+def _provenance_tables(results: dict) -> list[Table]:
     tool = results.get("tool", {})
     settings = results.get("settings", {})
-    prov_rows = [
+    prov = results.get("provenance") or {}
+    rows = [
         ["sae-audit", f"{tool.get('version')} (git {tool.get('git_revision') or 'n/a'})"],
         ["created", str(results.get("created"))],
         ["results schema", str(results.get("schema_version"))],
-    ] + [[k, str(v)] for k, v in settings.items()]
-    provenance = Table("Provenance", ["", ""], prov_rows)
-
-    method = [
-        "Each image goes through the model's own preprocessing; the forward pass stops after the deepest "
-        "hooked block. The SAE reads the block output (the residual stream after that block) on its token "
-        "set, encodes it with Top-k (ReLU after selection) and decodes it.",
-        "Firing frequency f_j is the share of inputs (tokens) on which latent j is non-zero; alive means "
-        "f_j > 0, dense f_j above the threshold. FVU is Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over the dataset "
-        "(variance about the dataset mean). Effective units is (‖z‖₁/‖z‖₂)².",
-        "Shared alive = |alive_ID ∩ alive_OOD| / |alive_ID|. The JS divergence (base 2, in [0, 1]) and "
-        "Spearman ρ compare the two frequency profiles normalised to sum 1. Formulas: Gao et al. 2024 "
-        "(arXiv 2406.04093), Jacquier et al. 2026 (arXiv 2606.27321), and the project's SPEC.",
+        ["model revision", str(results["model"].get("revision") or "n/a")],
     ]
+    if prov:
+        rows.append(["Python / platform", f"{prov.get('python')} / {prov.get('platform')}"])
+        pk = prov.get("packages") or {}
+        rows.append(["packages", ", ".join(f"{k} {v}" for k, v in pk.items() if v) or "n/a"])
+        pl = prov.get("plugins") or {}
+        rows.append(["plugins", ", ".join(f"{k} {v or ''}".strip() for k, v in pl.items()) or "none"])
+        if prov.get("command"):
+            rows.append(["command", str(prov["command"])])
+    rows += [[k, str(v)] for k, v in settings.items()]
+    for s in results["saes"]:
+        rows.append([f"SAE weights: {s['label']}", str(s.get("weights_sha256") or "n/a")])
+    for d in results["datasets"]:
+        if d.get("content_hash"):
+            rows.append([f"image set: {d['name']}", f"{d['content_hash']} (of {d.get('content_hash_of', '?')})"])
+    return [Table("Provenance", ["", ""], rows, headless=True)]
+
+
+def build_view(results: dict) -> View:
+    """The report's content, from the results document alone."""
+    model = results["model"]
+    summary = Section("summary", "Summary", [Bullets(verdict(results)), _setup_table(results)])
+    sections = [
+        summary,
+        Section("saes", "SAEs", [_sae_table(results)]),
+        _coverage_section(results),
+        _reconstruction_section(results),
+    ]
+    for builder in SECTION_BUILDERS + _suite_builders():
+        sections += builder(results)
+    sections.append(_latents_section(results))
+    sections += _plugin_sections(results)
+    sections.append(Section("method", "Method and provenance", [*METHOD, *_provenance_tables(results)]))
     title = f"SAE audit of {model['name']}"
-    return View(title, summary, setup, sae_table, dataset_tables, pair_tables, latent_tables, provenance, method)
+    subtitle = ("Coverage of sparse-autoencoder latents, in-distribution vs out-of-distribution. "
+                f"Generated by sae-audit {results.get('tool', {}).get('version', '?')} on {results.get('created')}.")
+    return View(title, subtitle, sections)
+
+
+def _plugin_sections(results: dict) -> list[Section]:
+    """Plugins' report sections (``sae_audit_register_report_sections``); a failing one becomes an error note."""
+    from sae_audit.plugins import get_plugin_manager
+
+    out = []
+    for i, rs in enumerate(get_plugin_manager().render_report_sections(results), start=1):
+        out.append(Section(f"plugin-{i}", rs.title, [Raw(rs.markdown, rs.html, rs.error)]))
+    return out
+
+
+def _suite_builders() -> list:
+    try:
+        from sae_audit.report import suite_sections  # type: ignore[attr-defined]
+    except ImportError:
+        return []
+    fn = getattr(suite_sections, "sections", None)
+    return [fn] if callable(fn) else []
+
+
+__all__ = ["Block", "Bullets", "Raw", "Details", "Figure", "Gallery", "Image", "METRICS", "SECTION_BUILDERS", "Section",
+           "Table", "View", "build_view", "fmt", "verdict"]

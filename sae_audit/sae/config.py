@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -69,10 +70,30 @@ class SAEConfig:
     schema_version: int = SAE_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_sae", "k"):
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for name in ("d_in", "d_sae", "k", "dead_after"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise SaeAuditError(f"SAE config: {name} must be a positive integer, got {value!r}")
+        for name in ("k_aux", "image_size"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value <= 0):
+                raise SaeAuditError(f"SAE config: {name} must be a positive integer or null, got {value!r}")
+        if not is_int(self.schema_version):
+            raise SaeAuditError(f"SAE config: schema_version must be an integer, got {self.schema_version!r}")
+        for name in ("lambda_off", "lambda_ratio", "aux_alpha", "norm_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise SaeAuditError(f"SAE config: {name} must be a finite number, got {value!r}")
+        for name in ("architecture", "normalisation"):
+            if not isinstance(getattr(self, name), str):
+                raise SaeAuditError(f"SAE config: {name} must be a string, got {getattr(self, name)!r}")
+        for name in ("model", "model_revision", "hook_point", "tokens"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise SaeAuditError(f"SAE config: {name} must be a string or null, got {value!r}")
         if self.k > self.d_sae:
             raise SaeAuditError(f"SAE config: k={self.k} is larger than d_sae={self.d_sae}")
         if self.architecture not in ARCHITECTURES:

@@ -10,7 +10,10 @@ Native format (schema version in ``config.json``)::
       README.md            optional model card written by training
 
 Readers for other formats plug in through :data:`FORMAT_READERS`: each is a
-``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple.
+``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple. The
+built-in plugin hands this list to the plugin manager
+(``sae_audit_register_sae_formats``), where plugins' readers join it;
+:func:`load_sae` tries the manager's list.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "sae-audit"})
         if readme is not None:
             (tmp / "README.md").write_text(readme)
+        tmp.chmod(0o755)  # mkdtemp makes it private; an SAE folder is meant to be shared
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -73,12 +79,13 @@ def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None
 
 
 def _is_native(folder: Path) -> bool:
+    """``config.json`` beside ``model.safetensors``; a broken config is the native reader's to report."""
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).exists():
         return False
     try:
         cfg = json.loads((folder / CONFIG_NAME).read_text())
     except (OSError, ValueError):
-        return False
+        return True  # unreadable JSON: let the native reader say so precisely
     return isinstance(cfg, dict) and "d_sae" in cfg and "architecture" in cfg
 
 
@@ -214,8 +221,11 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
         SaeAuditError: missing folder or repository, unknown format, inconsistent
             config or weights (wrong shapes, NaN, non-float, pickle files).
     """
+    from sae_audit.plugins import get_plugin_manager
+
     folder = resolve_sae_folder(spec, revision)
-    for reader in FORMAT_READERS:
+    readers = get_plugin_manager().sae_formats()
+    for reader in readers:
         if reader.detect(folder):
             sae = reader.read(folder)
             sae.source = str(spec)  # type: ignore[attr-defined]
@@ -223,5 +233,5 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
     names = sorted(p.name for p in folder.iterdir())[:10]
     raise SaeAuditError(
         f"{folder} is not an SAE folder sae-audit can read (found: {', '.join(names) or 'nothing'}); "
-        f"known formats: {', '.join(r.name for r in FORMAT_READERS)}"
+        f"known formats: {', '.join(r.name for r in readers)}"
     )

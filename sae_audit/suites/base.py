@@ -28,6 +28,15 @@ class SuiteBatch:
         image_index: ``[N]`` int64, the dataset index of the image each row came from.
         labels: ``[N]`` int64 class of that image (-1 when unlabeled).
         n_nonfinite: rows of this batch dropped because ``x`` had NaN/inf.
+        images: ``[B]`` int64 dataset indices of the batch's images (including an
+            image whose every token was dropped as non-finite); ``None``: the
+            distinct values of ``image_index``.
+        image_labels: ``[B]`` int64 class of each of ``images`` (-1 when unlabeled).
+        embeddings: ``[B, d_e]`` float32 judge embeddings of ``images`` (the
+            monosemanticity suite's ``e_n``), or ``None`` when no suite asked for them.
+
+    All tokens of one image travel in the same batch (per-image suites take the
+    maximum of a latent over the image's tokens).
     """
 
     x: torch.Tensor
@@ -36,6 +45,9 @@ class SuiteBatch:
     image_index: torch.Tensor
     labels: torch.Tensor
     n_nonfinite: int = 0
+    images: torch.Tensor | None = None
+    image_labels: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
 
 
 class Accumulator(Protocol):

@@ -10,18 +10,26 @@ def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: in
     """Markdown card: what the SAE reads, what it was trained on, and its held-out quality.
 
     ``summary`` is a :class:`~sae_audit.train.trainer.TrainSummary`; ``dataset``
-    the training set's ``describe()`` dict.
+    the training set's ``describe()`` dict. The YAML front matter is the
+    metadata every plugin's ``sae_audit_card_metadata`` returns, merged.
+
+    Raises:
+        sae_audit.plugins.PluginError: a plugin's metadata hook failed or conflicts.
     """
     from huggingface_hub import ModelCardData
 
-    from sae_audit.sae.hub import card_metadata
+    from sae_audit.plugins import get_plugin_manager
 
-    metrics = {
+    # library_name, tags and base_model come from the built-in plugin; others add theirs.
+    meta = get_plugin_manager().card_metadata(config, dataset)
+    # The whole config and the held-out numbers, so the card's metadata alone describes the SAE.
+    meta["sae_config"] = config.to_dict()
+    meta["metrics"] = {
         "heldout_fvu": summary.eval_fvu, "heldout_l0": summary.eval_l0,
         "heldout_effective_units": summary.eval_effective_units, "dead_fraction": summary.dead_fraction,
         "heldout_vectors": summary.eval_vectors, "training_vectors": summary.vectors, "steps": summary.steps,
     }
-    front = ModelCardData(**card_metadata(config, metrics)).to_yaml()
+    front = ModelCardData(**{k: v for k, v in meta.items() if v is not None}).to_yaml()
     reg = []
     if config.lambda_off:
         reg.append(f"off-support L1 (lambda_off = {config.lambda_off:g})")
@@ -35,12 +43,12 @@ def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: in
         "",
         f"# Top-k SAE for `{config.model}` at `{config.hook_point}:{config.tokens}`",
         "",
-        "Trained with [sae-audit](https://pypi.org/project/sae-audit/).",
+        "Trained with sae-audit (`sae-audit train`).",
         "",
         "| | |",
         "|---|---|",
-        f"| model | `{config.model}` (revision `{config.model_revision}`) |",
-        f"| hook point | output of block {config.hook_point}, token set `{config.tokens}` |",
+        f"| model | `{config.model}` (revision `{config.model_revision or 'n/a'}`) |",
+        f"| hook point | `{config.hook_point}` (the output of that block), token set `{config.tokens}` |",
         f"| input resolution | {config.image_size} px |",
         f"| d_in / d_sae / k | {config.d_in} / {config.d_sae} / {config.k} (expansion {config.expansion:g}) |",
         f"| regularisers (arXiv 2606.27321) | {reg_text} |",

@@ -186,3 +186,10 @@ def test_sparse_codes_helpers():
     torch.testing.assert_close(c.to_dense(), torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 3.0]]))
     top = c.top(1)
     assert top.indices.tolist() == [[0], [3]]
+
+
+@pytest.mark.parametrize("key,value", [("lambda_off", "abc"), ("norm_scale", float("inf")), ("schema_version", "1"),
+                                       ("k_aux", "x"), ("lambda_ratio", float("nan")), ("k", True), ("tokens", 3)])
+def test_config_rejects_wrong_types_and_non_finite_numbers(key, value):
+    with pytest.raises(SaeAuditError, match=key):
+        SAEConfig.from_dict({"d_in": 4, "d_sae": 8, "k": 2, key: value})

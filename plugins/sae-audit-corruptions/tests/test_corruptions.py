@@ -1,0 +1,147 @@
+"""sae-audit-corruptions: each corruption against an independent reference, the set
+family, and the installed plugin end to end through the sae-audit CLI.
+
+Run after `pip install ./plugins/sae-audit-corruptions`; the tiny model, SAE
+and image folder come from sae-audit's pytest plugin (``sae_audit.testing``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from sae_audit.cli import main
+from sae_audit.data import open_image_set
+from sae_audit.errors import SaeAuditError
+from sae_audit.plugins import PluginManager, use_plugin_manager
+from sae_audit_corruptions import CORRUPTIONS, CorruptedSet, corrupt, parse_spec
+
+
+def pattern(size: int = 64) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    a = np.stack([(yy * 4) % 256, (xx * 4) % 256, ((xx + yy) * 2) % 256], -1).astype(np.uint8)
+    a[size // 3: 2 * size // 3, size // 3: 2 * size // 3] = 255
+    return a
+
+
+@pytest.fixture()
+def installed():
+    """A plugin manager as the CLI builds it (entry points, no allow-list), made current."""
+    manager = PluginManager.from_environment(environ={})
+    with use_plugin_manager(manager):
+        yield manager
+
+
+def test_the_installed_plugin_is_discovered_through_its_entry_point(installed):
+    info = {p.name: p for p in installed.plugins()}
+    assert "corruptions" in info, "install the plugin first: pip install ./plugins/sae-audit-corruptions"
+    p = info["corruptions"]
+    assert (p.distribution, p.version) == ("sae-audit-corruptions", "0.1.0")
+    assert p.hooks == ["sae_audit_register_commands", "sae_audit_register_image_sets",
+                       "sae_audit_register_report_sections"]
+    assert installed.failures == []
+    assert installed.image_sets()["corrupt"].family
+
+
+def clipped_normal_std(mu: float, sigma: float) -> float:
+    """Std of clip(mu + sigma Z, 0, 1), Z standard normal, by numerical integration (scipy)."""
+    from scipy import integrate, stats
+
+    def moment(p):
+        inner = integrate.quad(lambda y: y**p * stats.norm.pdf(y, mu, sigma), 0, 1)[0]
+        return inner + stats.norm.sf(1, mu, sigma)  # mass clipped to 1 (mass clipped to 0 adds 0)
+
+    return (moment(2) - moment(1) ** 2) ** 0.5
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_gaussian_noise_has_the_imagenet_c_std(severity):
+    grey = Image.fromarray(np.full((128, 128, 3), 128, np.uint8))
+    y = np.asarray(corrupt(grey, "gaussian_noise", severity), float) / 255
+    c = CORRUPTIONS["gaussian_noise"][1][severity - 1]
+    assert abs(y.mean() - 128 / 255) < 0.01
+    assert y.std() == pytest.approx(clipped_normal_std(128 / 255, c), rel=0.03)
+
+
+def test_gaussian_noise_is_seeded():
+    img = Image.fromarray(pattern())
+    a, b, c = (np.asarray(corrupt(img, "gaussian_noise", 2, seed=s)) for s in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
+def test_gaussian_blur_matches_scipy(severity):
+    a = pattern()
+    sigma = CORRUPTIONS["gaussian_blur"][1][severity - 1]
+    out = np.asarray(corrupt(Image.fromarray(a), "gaussian_blur", severity), float)
+    ref = np.stack([ndimage.gaussian_filter(a[..., k].astype(float), sigma, mode="nearest") for k in range(3)], -1)
+    inner = slice(12, 52)  # away from the borders, where edge handling differs
+    err = np.abs(out - ref)[inner, inner]
+    assert err.max() <= 4 and err.mean() < 1.0
+
+
+def test_jpeg_degrades_monotonically_with_severity():
+    rng = np.random.default_rng(0)
+    a = ndimage.gaussian_filter(rng.integers(0, 256, (96, 96, 3)).astype(float), (2, 2, 0)).astype(np.uint8)
+    img = Image.fromarray(a)
+    mse = [np.mean((np.asarray(corrupt(img, "jpeg", s), float) - a) ** 2) for s in range(1, 6)]
+    assert all(m > 0 for m in mse)
+    assert mse == sorted(mse), mse  # quality 25 > 18 > 15 > 10 > 7
+
+
+@pytest.mark.parametrize("severity", [1, 3, 5])
+def test_contrast_scales_deviation_about_the_channel_mean(severity):
+    a = pattern().astype(float)
+    out = np.asarray(corrupt(Image.fromarray(a.astype(np.uint8)), "contrast", severity), float)
+    c = CORRUPTIONS["contrast"][1][severity - 1]
+    for k in range(3):
+        assert out[..., k].mean() == pytest.approx(a[..., k].mean(), abs=0.6)
+        assert out[..., k].std() == pytest.approx(c * a[..., k].std(), abs=0.6)
+
+
+@pytest.mark.parametrize("bad", ["gaussian_noise:0:digits", "gaussian_noise:6:digits", "gaussian_noise:x:digits",
+                                 "fog:3:digits", "gaussian_noise:3", "gaussian_noise"])
+def test_bad_specs_say_what_is_wrong(bad):
+    with pytest.raises(SaeAuditError, match="corrupt|severity|KIND"):
+        parse_spec(bad)
+
+
+def test_corrupted_set_keeps_labels_and_is_deterministic(installed, tiny_image_folder):
+    base = open_image_set(tiny_image_folder)
+    s = open_image_set(f"corrupt:contrast:4:{tiny_image_folder}")
+    assert isinstance(s, CorruptedSet)
+    assert len(s) == len(base) == 12 and s.classes == base.classes
+    assert [s.label(i) for i in range(len(s))] == [base.label(i) for i in range(len(base))]
+    assert np.array_equal(np.asarray(s.load(3)), np.asarray(s.load(3)))
+    assert s.describe()["corruption"]["parameter"] == 0.1
+    with pytest.raises(SaeAuditError, match="severity"):
+        open_image_set(f"corrupt:contrast:9:{tiny_image_folder}")
+
+
+def test_audit_with_corrupted_ood_sets_end_to_end(installed, tiny_model_dir, tiny_sae_dir, tiny_image_folder,
+                                                  tmp_path):
+    out = tmp_path / "audit"
+    ood = [f"corrupt:gaussian_noise:{s}:{tiny_image_folder}" for s in (1, 5)]
+    code = main(["run", str(tiny_model_dir), "--sae", str(tiny_sae_dir), "--id", str(tiny_image_folder),
+                 "--ood", ood[0], "--ood", ood[1], "--out", str(out), "--device", "cpu", "-q"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [d["name"] for d in results["datasets"]][1:] == ood
+    assert {"name": "corruptions", "distribution": "sae-audit-corruptions", "version": "0.1.0"} in results["plugins"]
+    fvu = [results["saes"][0]["datasets"][n]["fvu"] for n in ood]
+    md = (out / "report.md").read_text()
+    assert "## Corruption severity" in md and "Section not rendered" not in md
+    assert f"{fvu[1]:.4f}" in md
+    assert "Corruption severity" in (out / "report.html").read_text()
+
+
+def test_corruption_grid_command(installed, tiny_image_folder, tmp_path):
+    png = tmp_path / "grid.png"
+    assert main(["corruption-grid", str(tiny_image_folder), "--kind", "jpeg", "--n", "2", "--size", "20",
+                 "--out", str(png)]) == 0
+    assert Image.open(png).size == (120, 40)
+    assert main(["corruption-grid", str(tiny_image_folder), "--n", "0", "--out", str(png)]) == 2

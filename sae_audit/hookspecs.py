@@ -1,0 +1,273 @@
+"""Every hook a plugin can implement: the hook reference.
+
+A plugin is a module (or any object) with functions named after these hooks
+and marked with :data:`hookimpl` (``from sae_audit.hookspecs import hookimpl``);
+it is found through the ``sae_audit`` entry-point group (see
+:mod:`sae_audit.plugins` and ``docs/plugins.md``). ``docs/hooks.md`` is
+generated from the docstrings here (``python -m sae_audit.plugins
+--hook-reference``) and a test checks that it is up to date.
+
+Three kinds of hook:
+
+- **register hooks** (``sae_audit_register_*``) receive a ``register``
+  callback and call it once per thing they contribute; every plugin's
+  contributions are merged, and two plugins registering the same name is a
+  conflict error naming both. A register hook that raises, passes the wrong
+  types or returns a value leaves its plugin out (reported by name);
+- **first-result hooks** stop at the first implementation that returns
+  something other than ``None``;
+- **lifecycle hooks** are called around an audit run; implement them with
+  ``@hookimpl(wrapper=True)`` (pluggy's new-style wrappers) to see both before
+  and after the other implementations.
+
+Implementations may accept any subset of a hook's arguments, by name.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT_NAME = "sae_audit"
+
+#: Marks a hook specification (used in this module only).
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+#: Marks a hook implementation in a plugin: ``@hookimpl`` or ``@hookimpl(wrapper=True)``.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --------------------------------------------------------------------------- registries
+@hookspec
+def sae_audit_register_model_adapters(register):
+    """Register model-family adapters: how to find the blocks and token layout of a family.
+
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up); :func:`sae_audit.models.adapters.adapter_for` then looks
+    families up by name or ``config.model_type``.
+
+    Args:
+        register: ``register(adapter)``, where ``adapter`` is an instance of
+            :class:`sae_audit.models.adapters.FamilyAdapter` (a subclass that
+            sets ``family``, ``model_types`` and ``block_paths`` and implements
+            ``model_class``; override ``layout`` for CLS/register tokens and
+            ``pooled`` for the judge embedding).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    A family name or a ``config.model_type`` registered by two plugins is a
+    conflict error naming both. Built-in families: ``vit``, ``dinov2``,
+    ``dinov2_with_registers``, ``clip``, ``siglip``.
+    """
+
+
+@hookspec
+def sae_audit_register_sae_formats(register):
+    """Register SAE file-format readers.
+
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up). :func:`sae_audit.sae.load_sae` tries the readers in load order
+    (built-in ``native`` first, then plugins by entry-point name) and uses the
+    first whose ``detect`` accepts the folder.
+
+    Args:
+        register: ``register(name, detect, read)``: ``name`` a short format
+            name (``"saelens"``); ``detect(folder: pathlib.Path) -> bool``,
+            cheap, must not raise; ``read(folder: pathlib.Path) -> TopKSAE``
+            (:class:`sae_audit.sae.TopKSAE`), raising
+            :class:`~sae_audit.errors.SaeAuditError` for a folder it cannot
+            read.
+
+    Returns:
+        Nothing; the return value is ignored.
+    """
+
+
+@hookspec
+def sae_audit_register_image_sets(register):
+    """Register named image sets and image-set families.
+
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up). :func:`sae_audit.data.open_image_set` and ``sae-audit sets``
+    then see the sets (exact names first, then family prefixes).
+
+    Args:
+        register: ``register(name, factory, description, family=False)``.
+            For a named set (``family=False``) ``name`` is the exact spec
+            users type (``"fashion-mnist:test"``) and ``factory()`` takes no
+            argument. For a family (``family=True``) ``name`` is a prefix
+            (``"corrupt"``) and ``factory(argument: str)`` receives what
+            follows ``"<name>:"`` in the user's spec
+            (``"gaussian_noise:3:fashion-mnist:test"``). Either factory returns
+            a :class:`sae_audit.data.ImageSet` and raises
+            :class:`~sae_audit.errors.SaeAuditError` for a bad spec or a
+            missing dependency. ``description`` is one line for
+            ``sae-audit sets``.
+
+    Returns:
+        Nothing; the return value is ignored.
+    """
+
+
+@hookspec
+def sae_audit_register_suites(register):
+    """Register audit suites.
+
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up); :meth:`sae_audit.plugins.PluginManager.suites` lists them.
+
+    Args:
+        register: ``register(name, factory, description, compare=None,
+            needs_labels=False, needs_embeddings=False)``: ``factory(context)``
+            takes a :class:`sae_audit.suites.SuiteContext` (the SAE, the judge,
+            the seed) and returns a new accumulator with the shape of
+            :class:`sae_audit.suites.base.Accumulator` (``accumulate(batch)``,
+            ``merge(other)``, ``finish() -> dict``), one per SAE and image set;
+            ``description`` is one line; ``compare(id_acc, ood_acc, pair_context)``
+            optionally returns a dict per ID/OOD pair; ``needs_labels`` skips the
+            suite on unlabelled sets; ``needs_embeddings`` makes the audit compute
+            judge embeddings for its batches.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    Built-in: ``coverage`` (always run), ``monosemanticity``, ``purity``,
+    ``probing``, ``k-robustness``, ``ood-detection``, ``pictures``.
+    """
+
+
+@hookspec
+def sae_audit_register_report_sections(register):
+    """Register report sections: Markdown and HTML fragments appended to every report.
+
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up). Every report written then calls each ``render``, in load
+    order, after the built-in sections. Sections render from the results
+    document alone, so ``sae-audit report render`` includes them too.
+
+    Args:
+        register: ``register(name, render)``: ``render(results: dict)``
+            returns ``None`` (nothing to say for this audit) or a
+            :class:`sae_audit.plugins.ReportSection` (``title``,
+            ``markdown``, ``html``; the HTML fragment must be escaped by the
+            plugin and self-contained: no script, no external URL).
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    A section whose ``render`` raises or returns something else is replaced
+    by a visible error note naming the plugin; the rest of the report is
+    written.
+    """
+
+
+@hookspec
+def sae_audit_register_commands(register):
+    """Register ``sae-audit`` sub-commands.
+
+    Called once per plugin, when the plugin manager registers the plugin (at
+    start-up); the CLI adds the commands to its parser (not with
+    ``--no-plugins``).
+
+    Args:
+        register: ``register(name, configure, run, help)``:
+            ``configure(parser: argparse.ArgumentParser)`` adds the command's
+            arguments; ``run(args: argparse.Namespace) -> int | None`` does the
+            work (``None`` means exit 0; raise
+            :class:`~sae_audit.errors.SaeAuditError` for a user mistake);
+            ``help`` is one line.
+
+    Returns:
+        Nothing; the return value is ignored.
+
+    A name that is already a command (built-in or another plugin's) is a
+    conflict error naming both.
+    """
+
+
+# --------------------------------------------------------------------------- metadata
+@hookspec
+def sae_audit_card_metadata(config, dataset):
+    """Contribute metadata to the YAML front matter of a trained SAE's model card.
+
+    Called every time a model card is written (``sae-audit train``), once per
+    trained SAE.
+
+    Args:
+        config: the :class:`sae_audit.sae.SAEConfig` of the trained SAE.
+        dataset: the training image set's ``describe()`` dict.
+
+    Returns:
+        ``None`` or a dict of JSON-serialisable values. Dicts are merged in
+        plugin order; a ``tags`` list is appended to the others' tags; any
+        other key set by two plugins is a conflict error naming both.
+    """
+
+
+# --------------------------------------------------------------------------- lifecycle
+@hookspec
+def sae_audit_run_configured(model, saes, id_set, ood_sets, config):
+    """An audit run is fully configured and about to read images.
+
+    Called once per :func:`sae_audit.audit.run_audit`, after the SAEs are
+    checked against the model and before the first image is read. Raising
+    stops the run: the error names the plugin and this hook.
+
+    Args:
+        model: the :class:`sae_audit.models.VisionModel`.
+        saes: the list of :class:`sae_audit.audit.AuditedSAE`.
+        id_set: the in-distribution :class:`sae_audit.data.ImageSet`.
+        ood_sets: the out-of-distribution image sets (a list).
+        config: the :class:`sae_audit.audit.AuditConfig`.
+
+    Returns:
+        Nothing; the return value is ignored.
+    """
+
+
+@hookspec(firstresult=True)
+def sae_audit_audit_image_set(model, saes, image_set, role, config, progress, suites, judge, suite_accs):
+    """Stream one image set through the model and every SAE (first result wins).
+
+    Called once per image set of a run (the ID set first, then each OOD set).
+    The built-in plugin implements it (``trylast``) with the streaming coverage
+    pass; implement it with ``@hookimpl(wrapper=True)`` to see each set before
+    and after it is audited (timing, memory, extra fields in the description),
+    or return a result first to replace the built-in pass.
+
+    Args:
+        model: the :class:`sae_audit.models.VisionModel`.
+        saes: the list of :class:`sae_audit.audit.AuditedSAE`.
+        image_set: the :class:`sae_audit.data.ImageSet` to read.
+        role: ``"id"`` or ``"ood"``.
+        config: the :class:`sae_audit.audit.AuditConfig`.
+        progress: whether to show a progress bar.
+        suites: the :class:`sae_audit.suites.SuiteInfo` s to run on this set
+            besides coverage (possibly empty).
+        judge: the :class:`sae_audit.models.VisionModel` giving judge
+            embeddings for suites that need them, or ``None`` (``model`` itself).
+        suite_accs: a list the implementation extends with one
+            ``{suite name: accumulator}`` dict per SAE, in order.
+
+    Returns:
+        ``(accumulators, description)``: one finished-able coverage
+        accumulator per SAE, in order, and the JSON-ready description of the
+        set as read (``name``, ``n_images``, ``n_skipped``, ...). A wrapper
+        receives this tuple from ``yield`` and must return it (changed or not).
+    """
+
+
+@hookspec
+def sae_audit_run_finished(results):
+    """An audit run finished; ``results`` is the complete results document.
+
+    Called once per :func:`sae_audit.audit.run_audit`, before the document is
+    returned (and so before any report is written).
+
+    Args:
+        results: the results dict (see :mod:`sae_audit.report.results`).
+
+    Returns:
+        ``None``, or a JSON-serialisable dict that is stored in the document
+        under ``results["extensions"][<plugin name>]``. Raising fails the run
+        with an error naming the plugin and this hook.
+    """

@@ -1,0 +1,91 @@
+"""What each metric of the results document means: label, direction, formatting.
+
+``results.json`` carries this table under ``metrics`` so a reader (a person, a
+dashboard, ``sae-audit report diff``, a ``--fail-on`` condition) knows whether
+a larger value is better without reading the code. Suites that add metrics
+register them with :func:`register_metric`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """One metric.
+
+    Attributes:
+        key: the key in a per-dataset (``scope="dataset"``) or per-ID/OOD-pair
+            (``scope="pair"``) metrics dict of the results document.
+        label: short human-readable name for tables.
+        higher_is_better: ``True``/``False``, or ``None`` when the metric is
+            descriptive (neither direction is better, e.g. an input count).
+        scope: ``"dataset"`` or ``"pair"``.
+        description: one sentence.
+        pct: format as a percentage.
+        digits: decimals when formatting.
+        in_report: shown in the report's metric tables.
+    """
+
+    key: str
+    label: str
+    higher_is_better: bool | None
+    scope: str
+    description: str = ""
+    pct: bool = False
+    digits: int = 3
+    in_report: bool = True
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        return {k: d[k] for k in ("label", "higher_is_better", "scope", "description")}
+
+
+METRICS: dict[str, MetricInfo] = {}
+
+
+def register_metric(info: MetricInfo) -> MetricInfo:
+    """Add (or replace) a metric's metadata; returns it. Raises ``ValueError`` on a bad scope."""
+    if info.scope not in ("dataset", "pair"):
+        raise ValueError(f"metric scope must be 'dataset' or 'pair', got {info.scope!r}")
+    METRICS[info.key] = info
+    return info
+
+
+for _m in [
+    MetricInfo("fvu", "FVU", False, "dataset", "fraction of variance unexplained, about the dataset mean"),
+    MetricInfo("explained_variance", "explained variance", True, "dataset", "1 - FVU"),
+    MetricInfo("cosine", "cosine(x, x̂)", True, "dataset", "mean cosine similarity of input and reconstruction"),
+    MetricInfo("relative_mse", "relative MSE", False, "dataset", "mean ||x - x̂||² / ||x||²"),
+    MetricInfo("alive_fraction", "alive latents", True, "dataset", "share of latents that fire at least once",
+               pct=True),
+    MetricInfo("dead_fraction", "dead latents", False, "dataset", "share of latents that never fire", pct=True),
+    MetricInfo("dense_fraction", "dense latents (f > threshold)", False, "dataset",
+               "share of latents firing on more than the dense threshold of inputs", pct=True),
+    MetricInfo("l0_mean", "L0 (mean)", None, "dataset", "mean number of non-zero latents per input", digits=2),
+    MetricInfo("effective_units_mean", "effective units (mean)", None, "dataset",
+               "mean (||z||₁/||z||₂)² per input", digits=2),
+    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read"),
+    MetricInfo("n_nonfinite", "non-finite inputs dropped", False, "dataset", "inputs with NaN or inf, skipped"),
+    MetricInfo("fvu_gap", "FVU gap (OOD − ID)", False, "pair",
+               "FVU on the OOD set minus FVU on the ID set: OOD variance the dictionary fails to cover"),
+    MetricInfo("shared_alive", "shared alive (of ID alive)", True, "pair",
+               "|alive_ID ∩ alive_OOD| / |alive_ID|", pct=True),
+    MetricInfo("n_ood_only", "OOD-only latents", None, "pair", "latents alive on OOD and dead on ID"),
+    MetricInfo("n_id_only", "ID-only latents", None, "pair", "latents alive on ID and dead on OOD"),
+    MetricInfo("js_divergence", "JS divergence of frequencies (bits)", False, "pair",
+               "Jensen-Shannon divergence (base 2) of the normalised frequency profiles"),
+    MetricInfo("spearman", "Spearman ρ of frequencies", True, "pair",
+               "rank correlation of the ID and OOD frequency profiles"),
+]:
+    register_metric(_m)
+
+
+def metrics_table() -> dict[str, dict]:
+    """The ``metrics`` block of a results document."""
+    return {k: m.to_json() for k, m in METRICS.items()}
+
+
+def metrics_of(scope: str) -> list[MetricInfo]:
+    return [m for m in METRICS.values() if m.scope == scope and m.in_report]

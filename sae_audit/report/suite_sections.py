@@ -1,0 +1,253 @@
+"""Report sections of the audit suites (monosemanticity, purity, probing, k-robustness, OOD
+detection, latent pictures), computed from the results document alone.
+
+- :func:`suite_tables` -> :class:`~sae_audit.report.view.Table` s, SAEs side by side;
+- :func:`suite_figures` -> ``(name, matplotlib figure, alt text)`` like the report's other figures;
+- :func:`suite_pictures` -> galleries of the latent thumbnails (base64 PNG from ``results.json``),
+  each picture with its HTML data URI and the relative path the Markdown report uses;
+- :func:`thumbnail_files` -> ``{relative path: PNG bytes}`` for the Markdown report's ``figures/``.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from sae_audit.report.view import Table, fmt
+
+_OOD_SCORES = [("fvu", "per-image FVU"), ("l0", "per-image L0"), ("effective_units", "effective units"),
+               ("rarity", "latent rarity under the ID profile")]
+
+
+def _names(results: dict) -> tuple[str, list[str]]:
+    datasets = results["datasets"]
+    return (next(d["name"] for d in datasets if d["role"] == "id"),
+            [d["name"] for d in datasets if d["role"] == "ood"])
+
+
+def _suite(s: dict, name: str) -> dict | None:
+    return s.get("suites", {}).get(name)
+
+
+def _cell(stats: dict | None, key: str, **kw) -> str:
+    if stats is None:
+        return "not run"
+    if "skipped" in stats:
+        return "skipped"
+    return fmt(stats.get(key), **kw)
+
+
+def _notes(saes: list[dict], suite: str, sets: list[str]) -> str:
+    notes = []
+    for s in saes:
+        entry = _suite(s, suite) or {}
+        for name in sets:
+            st = entry.get("datasets", {}).get(name, {})
+            why = st.get("skipped") or st.get("reason")
+            if why and why not in notes:
+                notes.append(f"{name}: {why}")
+    return "; ".join(notes)
+
+
+def suite_tables(results: dict) -> list[Table]:
+    """One or more tables per suite that ran (empty when none did)."""
+    saes = results["saes"]
+    if not any(s.get("suites") for s in saes):
+        return []
+    id_name, ood_names = _names(results)
+    sets = [id_name] + ood_names
+    labels = [s["label"] for s in saes]
+    ran = lambda suite: any(_suite(s, suite) for s in saes)  # noqa: E731
+    tables = []
+    if ran("monosemanticity"):
+        rows = []
+        for name in sets:
+            for key, what in (("ms_mean", "mean"), ("ms_median", "median"), ("ms_p90", "p90")):
+                rows.append([f"{name}: MS {what}"] + [
+                    _cell((_suite(s, "monosemanticity") or {}).get("datasets", {}).get(name), key) for s in saes])
+            rows.append([f"{name}: latents scored"] + [
+                _cell((_suite(s, "monosemanticity") or {}).get("datasets", {}).get(name), "n_scored") for s in saes])
+        judge = results.get("settings", {}).get("judge", "the audited model")
+        tables.append(Table(
+            "Monosemanticity score over scored latents (higher: a latent's top images look alike)",
+            ["metric"] + labels, rows,
+            note="; ".join(filter(None, [f"judge: {judge}", _notes(saes, "monosemanticity", sets)]))))
+    if ran("purity"):
+        rows = [[f"{name}: purity {what}"] + [
+            _cell((_suite(s, "purity") or {}).get("datasets", {}).get(name), key) for s in saes]
+            for name in sets for key, what in (("purity_mean", "mean"), ("purity_median", "median"))]
+        tables.append(Table("Class purity of each latent's top-16 images", ["metric"] + labels, rows,
+                            note=_notes(saes, "purity", sets)))
+    if ran("probing"):
+        rows = []
+        for name in sets:
+            stats = [(_suite(s, "probing") or {}).get("datasets", {}).get(name) for s in saes]
+            budgets = next((st["budgets"] for st in stats if st and "budgets" in st), [])
+            for b, m in enumerate(budgets):
+                rows.append([f"{name}: top-{m} latents"] + [
+                    "skipped" if st is None or "skipped" in st else fmt((st.get("accuracy") or [None] * 99)[b])
+                    for st in stats])
+            if budgets:
+                rows.append([f"{name}: majority class"] + [_cell(st, "chance") for st in stats])
+        tables.append(Table("Linear-probe accuracy on held-out images with each image's top-m latents",
+                            ["probe"] + labels, rows, note=_notes(saes, "probing", sets)))
+    if ran("k-robustness"):
+        for name in sets:
+            stats = [(_suite(s, "k-robustness") or {}).get("datasets", {}).get(name) for s in saes]
+            rows = []
+            for b in range(max((len(st["budgets"]) for st in stats if st and "budgets" in st), default=0)):
+                rows.append(["k' = " + " / ".join(sorted({str(st["budgets"][b]) for st in stats if st}))] + [
+                    f"{fmt(st['fvu'][b])} (L0 {fmt(st['l0_mean'][b], 1)})" if st else "not run" for st in stats])
+            tables.append(Table(f"k-robustness on {name}: FVU (L0) with inference budget k'", ["budget"] + labels,
+                                rows, note=_notes(saes, "k-robustness", [name])))
+    if ran("ood-detection"):
+        for ood in ood_names:
+            pairs = [next((p for p in (_suite(s, "ood-detection") or {}).get("pairs", []) if p["ood"] == ood), None)
+                     for s in saes]
+            rows = [[f"AUROC: {what}"] + [fmt(p.get(f"auroc_{key}")) if p else "not run" for p in pairs]
+                    for key, what in _OOD_SCORES]
+            tables.append(Table(f"OOD detection, {id_name} (ID) vs {ood} (OOD): AUROC per image "
+                                "(0.5 chance; below 0.5: the score is lower out of distribution)",
+                                ["score"] + labels, rows,
+                                note="; ".join(p["reason"] for p in pairs if p and p.get("reason"))))
+    return tables
+
+
+def suite_figures(results: dict):
+    """``(name, figure, alt text)`` for the k-robustness curves and the probing accuracy."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from sae_audit.report.plots import COLOURS, STYLES
+
+    id_name, ood_names = _names(results)
+    sets = [id_name] + ood_names
+    for i, s in enumerate(results["saes"]):
+        kr = _suite(s, "k-robustness")
+        if kr:
+            fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
+            for j, name in enumerate(sets):
+                st = kr["datasets"].get(name)
+                if not st:
+                    continue
+                y = np.array([np.nan if v is None else v for v in st["fvu"]], dtype=float)
+                ax.plot(st["budgets"], y, marker="o", color=COLOURS[j % len(COLOURS)],
+                        linestyle=STYLES[j % len(STYLES)], label=name)
+            ax.axvline(s["config"]["k"], color="#444", linewidth=0.8, linestyle=":", label="training k")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("inference budget k'")
+            ax.set_ylabel("FVU")
+            ax.set_title(f"k-robustness: {s['label']}", fontsize=10)
+            ax.legend(fontsize=8, frameon=False)
+            ax.spines[["top", "right"]].set_visible(False)
+            fig.tight_layout()
+            yield (f"k-robustness-{i}", fig,
+                   f"FVU of {s['label']} on each image set when the inference budget k' replaces the training "
+                   f"k = {s['config']['k']}; a flatter curve degrades more gracefully.")
+    for name in sets:
+        curves = []
+        for s in results["saes"]:
+            st = (_suite(s, "probing") or {}).get("datasets", {}).get(name)
+            if st and "accuracy" in st and any(a is not None for a in st["accuracy"]):
+                curves.append((s["label"], st))
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
+        for j, (label, st) in enumerate(curves):
+            y = np.array([np.nan if v is None else v for v in st["accuracy"]], dtype=float)
+            ax.plot(st["budgets"], y, marker="o", color=COLOURS[j % len(COLOURS)],
+                    linestyle=STYLES[j % len(STYLES)], label=label)
+        if curves[0][1].get("chance") is not None:
+            ax.axhline(curves[0][1]["chance"], color="#444", linewidth=0.8, linestyle=":", label="majority class")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("latents kept per image (m)")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title(f"Linear probing on {name}", fontsize=10)
+        ax.legend(fontsize=8, frameon=False)
+        ax.spines[["top", "right"]].set_visible(False)
+        fig.tight_layout()
+        yield (f"probing-{_slug(name)}", fig,
+               f"Held-out accuracy of a logistic regression on each {name} image's top-m latents, per SAE.")
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in str(text)).strip("-")[:40] or "set"
+
+
+def suite_pictures(results: dict) -> list[dict]:
+    """Galleries: ``[{"caption", "latents": [{"title", "id": [pic], "ood": [pic]}]}]``.
+
+    Each ``pic`` is ``{"src": data URI, "path": figures/... relative path, "alt": text}``
+    (``src``/``path`` are ``None`` when the image could not be read back).
+    """
+    galleries = []
+    for i, s in enumerate(results["saes"]):
+        entry = _suite(s, "pictures")
+        if not entry:
+            continue
+        for p_i, pair in enumerate(entry.get("pairs", [])):
+            latents = []
+            for lat in pair["latents"]:
+                row = {"title": f"latent {lat['latent']} ({lat['why']}): f ID {fmt(lat['freq_id'], 4)}, "
+                                f"f OOD {fmt(lat['freq_ood'], 4)}, log10 shift {fmt(lat['log10_shift'], 2)}"}
+                for side, set_name in (("id", pair["id"]), ("ood", pair["ood"])):
+                    pics = []
+                    for rank, pic in enumerate(lat[side]):
+                        alt = (f"{set_name} image {pic['item']}, activation {fmt(pic['activation'])} "
+                               f"of latent {lat['latent']}")
+                        has = pic.get("png") is not None
+                        pics.append({
+                            "src": f"data:image/png;base64,{pic['png']}" if has else None,
+                            "path": f"figures/thumbs/s{i}-p{p_i}-l{lat['latent']}-{side}{rank}.png" if has else None,
+                            "alt": alt, "png": pic.get("png"),
+                        })
+                    row[side] = pics
+                latents.append(row)
+            galleries.append({"caption": f"{s['label']}: top images of shifted latents, {pair['id']} (ID, left) "
+                                         f"vs {pair['ood']} (OOD, right)", "latents": latents})
+    return galleries
+
+
+def thumbnail_files(results: dict) -> dict[str, bytes]:
+    """``{relative path: PNG bytes}`` of every thumbnail :func:`suite_pictures` references."""
+    files = {}
+    for g in suite_pictures(results):
+        for lat in g["latents"]:
+            for side in ("id", "ood"):
+                for pic in lat[side]:
+                    if pic["path"]:
+                        files[pic["path"]] = base64.b64decode(pic["png"])
+    return files
+
+
+def sections(results: dict) -> list:
+    """The suites' report sections (the hook :mod:`sae_audit.report.view` looks for).
+
+    "Audit suites": the tables and figures above, SAEs side by side;
+    "Latent pictures": per SAE and ID/OOD pair, one gallery per shifted or
+    OOD-only latent with its top ID images first and top OOD images after.
+    """
+    from sae_audit.report.view import Details, Figure, Gallery, Image, Section
+
+    out = []
+    blocks: list = list(suite_tables(results))
+    for name, fig, alt in suite_figures(results):
+        blocks.append(Figure(name, alt, lambda fig=fig: fig))
+    if blocks:
+        out.append(Section("suites", "Audit suites", blocks))
+    groups = []
+    for g_i, g in enumerate(suite_pictures(results)):
+        galleries = []
+        for l_i, lat in enumerate(g["latents"]):
+            images = []
+            for side, label in (("id", "ID"), ("ood", "OOD")):
+                for rank, pic in enumerate(lat[side]):
+                    if pic["png"] is None:
+                        continue
+                    images.append(Image(f"thumb-{g_i}-{l_i}-{side}{rank}", pic["alt"],
+                                        base64.b64decode(pic["png"]), caption=f"{label} #{rank + 1}"))
+            galleries.append(Gallery(lat["title"], images, note="" if images else "no image could be read back"))
+        if galleries:
+            groups.append(Details(g["caption"], galleries))
+    if groups:
+        out.append(Section("pictures", "Latent pictures", groups))
+    return out

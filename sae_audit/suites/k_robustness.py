@@ -1,0 +1,75 @@
+"""k-robustness: FVU and L0 when the inference budget ``k`` is swapped for ``k'`` (SPEC sections 1 and 4).
+
+``k'`` runs over ``{k/4, k/2, k, 2k, 4k}`` (rounded down, at least 1, at most
+``d_sae``). One pass: each batch is encoded once with the largest ``k'`` and
+truncated to each smaller budget with :meth:`SparseCodes.top` (the top ``m``
+of the top ``K`` pre-activations are the top ``m`` overall, and the ReLU after
+selection commutes with the truncation). FVU is about the dataset mean
+(Chan et al.'s parallel moments), exactly as in the coverage suite.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sae_audit import metrics
+from sae_audit.metrics import nan_to_none
+from sae_audit.sae import TopKSAE
+from sae_audit.suites.base import SuiteBatch
+from sae_audit.suites.common import Moments
+
+
+def budgets_for(k: int, d_sae: int) -> list[int]:
+    """The ``k'`` values ``{k/4, k/2, k, 2k, 4k}`` clipped to ``[1, d_sae]``, sorted, distinct."""
+    return sorted({min(max(1, v), d_sae) for v in (k // 4, k // 2, k, 2 * k, 4 * k)})
+
+
+class KRobustnessAccumulator:
+    """Streaming FVU, L0 and effective units of ``sae`` at each budget ``k'``; memory ``O(d_in)`` per budget."""
+
+    def __init__(self, sae: TopKSAE, budgets: list[int] | None = None):
+        self.sae = sae
+        self.budgets = budgets or budgets_for(sae.k, sae.d_sae)
+        self.moments = Moments(sae.d_in)
+        nb = len(self.budgets)
+        self.sse = torch.zeros(nb, dtype=torch.float64)
+        self.l0 = torch.zeros(nb, dtype=torch.float64)
+        self.eu = torch.zeros(nb, dtype=torch.float64)
+
+    @torch.no_grad()
+    def accumulate(self, batch: SuiteBatch) -> None:
+        x = batch.x
+        if x.shape[0] == 0:
+            return
+        self.moments.add(x)
+        codes = self.sae.encode(x, k=max(self.budgets))
+        xd = x.double()
+        for b, m in enumerate(self.budgets):
+            c = codes.top(m)
+            x_hat = self.sae.decode(c).cpu().double()
+            self.sse[b] += float((xd - x_hat).pow(2).sum())
+            self.l0[b] += float(c.l0().sum())
+            self.eu[b] += float(metrics.effective_units(c.values.cpu().double()).sum())
+
+    def merge(self, other: "KRobustnessAccumulator") -> None:
+        if other.budgets != self.budgets:
+            raise ValueError("cannot merge k-robustness accumulators with different budgets")
+        self.moments.merge(other.moments)
+        self.sse += other.sse
+        self.l0 += other.l0
+        self.eu += other.eu
+
+    def finish(self) -> dict:
+        n, m2 = self.moments.n, self.moments.m2
+        fvu = [nan_to_none(float(s) / m2) if n >= 2 and m2 > 0 else None for s in self.sse]
+        out = {
+            "k": self.sae.k,
+            "budgets": list(self.budgets),
+            "n_inputs": n,
+            "fvu": fvu,
+            "l0_mean": [nan_to_none(float(v) / n) if n else None for v in self.l0],
+            "effective_units_mean": [nan_to_none(float(v) / n) if n else None for v in self.eu],
+        }
+        if n < 2 or m2 <= 0:
+            out["reason"] = "FVU needs at least two inputs with non-zero variance"
+        return out

@@ -1,0 +1,117 @@
+"""Small-budget linear probing (SPEC section 4; the claim of arXiv 2606.27321 it tests).
+
+Each image is represented by its per-image code (each latent's maximum over the
+image's tokens) restricted to its ``m`` largest entries, for ``m`` in
+``{1, 2, 4, 8, k}``. A multinomial logistic regression (scikit-learn
+``LogisticRegression``, lbfgs, after ``MaxAbsScaler``) is fitted on a fixed
+train split and scored on the rest. The split is a function of the image's
+dataset index alone (``splitmix64(index) % 5 == 0`` is held out, 20 %), so it
+does not depend on batching or sharding.
+
+Memory: ``k`` (latent, value) pairs per image, i.e. no more than one token's
+sparse code per image.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from sae_audit.suites.base import SuiteBatch
+from sae_audit.suites.common import image_codes
+
+
+def held_out(images: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Boolean mask of the test split: ``splitmix64(index) % folds == 0``."""
+    z = images.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z % np.uint64(folds)) == 0
+
+
+class ProbingAccumulator:
+    """Keeps each labelled image's top-``k`` per-image code; fits the probes in :meth:`finish`.
+
+    Args:
+        d_sae, k: the SAE's width and budget.
+        budgets: the ``m`` values (default ``{1, 2, 4, 8, k}``, those <= k).
+        seed: the logistic regression's random state.
+    """
+
+    def __init__(self, d_sae: int, k: int, budgets: tuple[int, ...] | None = None, seed: int = 0):
+        self.d_sae, self.k, self.seed = d_sae, k, seed
+        self.budgets = tuple(sorted({m for m in (budgets or (1, 2, 4, 8, k)) if 1 <= m <= k}))
+        self.images: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.n_images = 0
+
+    @torch.no_grad()
+    def accumulate(self, batch: SuiteBatch) -> None:
+        ic = image_codes(batch)
+        self.n_images += len(ic.images)
+        keep = ic.labels >= 0
+        if not keep.any():
+            return
+        vals, idx = ic.max_acts[keep].topk(min(self.k, self.d_sae), dim=1)
+        self.images.append(ic.images[keep])
+        self.labels.append(ic.labels[keep])
+        self.indices.append(idx.to(torch.int32))
+        self.values.append(vals)
+
+    def merge(self, other: "ProbingAccumulator") -> None:
+        self.images += other.images
+        self.labels += other.labels
+        self.indices += other.indices
+        self.values += other.values
+        self.n_images += other.n_images
+
+    def finish(self) -> dict:
+        from scipy.sparse import csr_matrix
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import MaxAbsScaler
+        from sklearn.exceptions import ConvergenceWarning
+        from threadpoolctl import threadpool_limits
+
+        if not self.images:
+            return {"skipped": "the image set has no labels", "n_images": self.n_images}
+        images = torch.cat(self.images).numpy()
+        order = np.argsort(images, kind="stable")
+        images = images[order]
+        labels = torch.cat(self.labels).numpy()[order]
+        idx = torch.cat(self.indices).numpy()[order]
+        vals = torch.cat(self.values).numpy()[order]  # sorted descending within each row
+        test = held_out(images)
+        out = {"n_images": self.n_images, "n_labelled": int(len(images)), "n_train": int((~test).sum()),
+               "n_test": int(test.sum()), "n_classes": int(len(np.unique(labels))), "budgets": list(self.budgets)}
+        train_classes = np.unique(labels[~test])
+        if len(train_classes) < 2 or test.sum() == 0:
+            out.update(accuracy=[None] * len(self.budgets), chance=None,
+                       reason="probing needs at least two classes in the train split and one held-out image")
+            return out
+        majority = train_classes[np.argmax([(labels[~test] == c).sum() for c in train_classes])]
+        out["chance"] = float((labels[test] == majority).mean())
+        acc, converged = [], []
+        n = len(images)
+        for m in self.budgets:
+            v, i = vals[:, :m], idx[:, :m]
+            rows = np.repeat(np.arange(n), m)
+            x = csr_matrix((v.ravel().astype(np.float64), (rows, i.ravel())), shape=(n, self.d_sae))
+            x.eliminate_zeros()
+            clf = make_pipeline(MaxAbsScaler(), LogisticRegression(max_iter=1000, random_state=self.seed))
+            # One BLAS/OpenMP thread: these small sparse fits are ~10x slower with
+            # threads contending for the cores the model also uses.
+            with threadpool_limits(1), warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf.fit(x[~test], labels[~test])
+            acc.append(float(clf.score(x[test], labels[test])))
+            converged.append(bool(clf[-1].n_iter_.max() < clf[-1].max_iter))
+        out["accuracy"] = acc
+        out["converged"] = converged
+        return out
