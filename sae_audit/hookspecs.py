@@ -66,12 +66,13 @@ def sae_audit_register_sae_formats(register):
 
     Called once per plugin, when the plugin manager registers the plugin (at
     start-up). :func:`sae_audit.sae.load_sae` tries the readers in load order
-    (built-in ``native`` first, then plugins by entry-point name) and uses the
-    first whose ``detect`` accepts the folder.
+    (the built-ins ``native``, ``saelens``, ``saev`` and ``sparsify`` first,
+    then plugins by entry-point name) and uses the first whose ``detect``
+    accepts the folder.
 
     Args:
         register: ``register(name, detect, read)``: ``name`` a short format
-            name (``"saelens"``); ``detect(folder: pathlib.Path) -> bool``,
+            name (``"npz"``); ``detect(folder: pathlib.Path) -> bool``,
             cheap, must not raise; ``read(folder: pathlib.Path) -> TopKSAE``
             (:class:`sae_audit.sae.TopKSAE`), raising
             :class:`~sae_audit.errors.SaeAuditError` for a folder it cannot
