@@ -48,3 +48,17 @@ def test_image_activations_take_the_max_over_each_images_patches():
 def test_budgets_are_the_k_robustness_grid():
     assert ev.budgets(8) == [2, 4, 8, 16, 32]
     assert ev.budgets(32) == [8, 16, 32, 64, 128]
+
+
+def test_monosemanticity_agrees_with_the_audit_metric():
+    from sae_audit.metrics import monosemanticity_score
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.relu(torch.randn(200, 30, generator=g) - 0.5)
+    a[:, 7] = 0.0
+    emb = torch.randn(200, 12, generator=g)
+    ours = ev.monosemanticity(a, torch.nn.functional.normalize(emb.double(), dim=1))
+    theirs = monosemanticity_score(a, emb)
+    assert torch.equal(torch.isnan(ours), torch.isnan(theirs))
+    ok = ~torch.isnan(ours)
+    torch.testing.assert_close(ours[ok], theirs[ok], atol=1e-9, rtol=1e-9)
