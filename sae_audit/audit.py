@@ -20,7 +20,8 @@ import torch
 
 from sae_audit.data import ImageSet, iter_batches
 from sae_audit.errors import SaeAuditError
-from sae_audit.models import HookPoint, VisionModel, capture, select_tokens
+from sae_audit.models import HookPoint, VisionModel, capture, capture_and_pool, select_tokens
+from sae_audit.models.adapters import FamilyAdapter
 from sae_audit.sae import TopKSAE
 from sae_audit.suites.base import SuiteBatch
 from sae_audit.suites.coverage import CoverageAccumulator, compare
@@ -137,14 +138,23 @@ def audit_image_set(
         progress=image_set.name if progress else None,
     )
     n_images = 0
+    hps = [HookPoint.parse(h) for h in hook_points]
+    # The audited model as its own judge: one full forward gives both the block
+    # outputs and the pooled embedding (unless a plugin's adapter pools its own way).
+    one_pass = want_emb and not isinstance(preprocess, _PairedPreprocess) and \
+        type(vm.adapter).pooled is FamilyAdapter.pooled
     for batch in it:
         pixel_values, embeddings = batch.pixel_values, None
         if isinstance(preprocess, _PairedPreprocess):
             pixel_values, judge_pv = preprocess.split(pixel_values)
             embeddings = judge.pooled(judge_pv).float().cpu()
-        elif want_emb:
+        elif want_emb and not one_pass:
             embeddings = vm.pooled(pixel_values).float().cpu()
-        acts = capture(vm, pixel_values, [HookPoint.parse(h) for h in hook_points])
+        if one_pass:
+            acts, pooled = capture_and_pool(vm, pixel_values, hps)
+            embeddings = pooled.float().cpu()
+        else:
+            acts = capture(vm, pixel_values, hps)
         n_images += pixel_values.shape[0]
         for item, acc, more in zip(saes, accs, extra):
             sel = select_tokens(acts[item.hook_point.name], item.hook_point.tokens, vm.layout)

@@ -9,7 +9,7 @@ Public API:
 """
 
 from sae_audit.models.adapters import SUPPORTED_FAMILIES, TokenLayout, adapter_for
-from sae_audit.models.capture import capture, select_tokens
+from sae_audit.models.capture import capture, capture_and_pool, select_tokens
 from sae_audit.models.hookpoint import HookPoint
 from sae_audit.models.loading import VisionModel, load_vision_model
 
@@ -20,6 +20,7 @@ __all__ = [
     "VisionModel",
     "adapter_for",
     "capture",
+    "capture_and_pool",
     "load_vision_model",
     "select_tokens",
 ]

@@ -152,6 +152,14 @@ class FamilyAdapter:
         vm = self.vision_module(model)
         with torch.inference_mode():
             out = vm(pixel_values=pixel_values, **self.forward_kwargs(vm, pixel_values))
+        return self.pool_output(out)
+
+    def pool_output(self, out: Any) -> torch.Tensor:
+        """The pooled embedding ``[B, d_model]`` from the vision module's forward output.
+
+        :func:`sae_audit.models.capture_and_pool` uses it to get block outputs
+        and the pooled embedding from one forward pass.
+        """
         return out.pooler_output
 
 
@@ -174,10 +182,7 @@ class ViTAdapter(FamilyAdapter):
     def vision_module(self, model: nn.Module) -> nn.Module:
         return getattr(model, "vit", model)
 
-    def pooled(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        vm = self.vision_module(model)
-        with torch.inference_mode():
-            out = vm(pixel_values=pixel_values, **self.forward_kwargs(vm, pixel_values))
+    def pool_output(self, out: Any) -> torch.Tensor:
         return out.last_hidden_state[:, 0]
 
 
@@ -259,10 +264,7 @@ class SiglipAdapter(ClipAdapter):
     def layout(self, config: Any) -> TokenLayout:
         return TokenLayout(has_cls=False, n_registers=0)
 
-    def pooled(self, model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-        vm = self.vision_module(model)
-        with torch.inference_mode():
-            out = vm(pixel_values=pixel_values, **self.forward_kwargs(vm, pixel_values))
+    def pool_output(self, out: Any) -> torch.Tensor:
         if out.pooler_output is not None:
             return out.pooler_output
         return out.last_hidden_state.mean(dim=1)

@@ -60,6 +60,31 @@ def capture(
         SaeAuditError: no hook points, a block index past the model's depth,
             an unsupported family, or a malformed hook point string.
     """
+    out, _ = _run(model, pixel_values, hook_points, stop_early=True)
+    return out
+
+
+def capture_and_pool(
+    model: "VisionModel | nn.Module",
+    pixel_values: torch.Tensor,
+    hook_points: Iterable[HookPoint | str],
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Block outputs (as :func:`capture`) and the pooled embedding, from ONE full forward pass.
+
+    The pooled embedding is the family's judge embedding (``adapter.pool_output``,
+    equal to ``VisionModel.pooled``), ``[B, d_model]``. Costs one forward of the
+    whole model instead of a stopped forward plus a second full one.
+
+    Raises:
+        SaeAuditError: as :func:`capture`.
+    """
+    out, result = _run(model, pixel_values, hook_points, stop_early=False)
+    adapter = adapter_for(model if isinstance(model, nn.Module) else model.model)
+    return out, adapter.pool_output(result).detach()
+
+
+def _run(model, pixel_values, hook_points, stop_early: bool):
+    """Run the forward with hooks on the wanted blocks: ``(block outputs, forward output or None)``."""
     if isinstance(hook_points, (str, HookPoint)):
         hook_points = [hook_points]
     hps = [_as_hook_point(hp) for hp in hook_points]
@@ -90,16 +115,17 @@ def capture(
         def hook(_mod: nn.Module, _inp: Any, output: Any) -> None:
             t = output[0] if isinstance(output, (tuple, list)) else output
             out[f"block.{idx}"] = t.detach()
-            if idx == deepest:
+            if stop_early and idx == deepest:
                 raise _StopForward
 
         return hook
 
     handles = [blocks[i].register_forward_hook(make_hook(i)) for i in wanted]
     vision = adapter.vision_module(net)
+    result = None
     try:
         with torch.inference_mode():
-            vision(pixel_values=x, **adapter.forward_kwargs(vision, x))
+            result = vision(pixel_values=x, **adapter.forward_kwargs(vision, x))
     except _StopForward:
         pass
     finally:
@@ -108,7 +134,9 @@ def capture(
     missing = [i for i in wanted if f"block.{i}" not in out]
     if missing:  # pragma: no cover - would mean the family's forward skips blocks
         raise RuntimeError(f"blocks {missing} were never called during the forward pass")
-    return out
+    return out, result
+
+
 
 
 def select_tokens(acts: torch.Tensor, tokens: str, layout: TokenLayout) -> torch.Tensor:

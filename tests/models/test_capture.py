@@ -246,3 +246,22 @@ def test_unknown_family():
         adapter_for("bert")
     with pytest.raises(SaeAuditError, match="resnet"):
         capture(T.ResNetModel(T.ResNetConfig(embedding_size=8, hidden_sizes=[8], depths=[1])), torch.randn(1, 3, 32, 32), ["block.0"])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_and_pool_is_capture_plus_pooled_in_one_forward(family, models, pixels):
+    from sae_audit.models import capture_and_pool
+
+    model = models[family]
+    calls = []
+    adapter = adapter_for(model)
+    handle = adapter.vision_module(model).register_forward_hook(lambda *a: calls.append(1))
+    try:
+        acts, pooled = capture_and_pool(model, pixels, ["block.1", "block.3"])
+    finally:
+        handle.remove()
+    assert len(calls) == 1  # one forward pass, not two
+    ref = capture(model, pixels, ["block.1", "block.3"])
+    for name in ref:
+        torch.testing.assert_close(acts[name], ref[name])
+    torch.testing.assert_close(pooled, adapter.pooled(model, pixels))
