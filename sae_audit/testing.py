@@ -85,7 +85,7 @@ def make_image_folder(path: Path, n_per_class: int = 4, classes=("circle", "squa
             if c == 0:
                 img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 3) ** 2] = 220
             elif c == 1:
-                img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = [200, 40 * i, 90]
+                img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = [200, (40 * i) % 256, 90]
             else:
                 img = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
             Image.fromarray(img).save(path / name / f"{name}_{i}.png")
