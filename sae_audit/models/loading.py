@@ -100,7 +100,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise SaeAuditError(
-                f"device {text!r} asked for but CUDA is not available here; use device='cpu' or 'auto'"
+                f"device {text!r} asked for but CUDA is not available here; use --device cpu or auto (device='cpu' or 'auto' from Python)"
             )
         return torch.device(text)
     raise SaeAuditError(f"unknown device {text!r}: choose one of {', '.join(DEVICES)} (or 'cuda:N')")
@@ -246,7 +246,7 @@ def load_vision_model(
     patch = adapter.patch_size(config)
     if image_size is not None and image_size % patch:
         raise SaeAuditError(
-            f"image_size {image_size} is not a multiple of the patch size {patch} of {name!r}; "
+            f"image size (--image-size) {image_size} is not a multiple of the patch size {patch} of {name!r}; "
             f"try {max(patch, round(image_size / patch) * patch)}"
         )
 
