@@ -96,8 +96,12 @@ def suite_tables(results: dict) -> list[Table]:
             rows = []
             for b in range(max((len(st["budgets"]) for st in stats if st and "budgets" in st), default=0)):
                 rows.append(["k' = " + " / ".join(sorted({str(st["budgets"][b]) for st in stats if st}))] + [
-                    f"{fmt(st['fvu'][b])} (L0 {fmt(st['l0_mean'][b], 1)})" if st else "not run" for st in stats])
-            tables.append(Table(f"k-robustness on {name}: FVU (L0) with inference budget k'", ["budget"] + labels,
+                    f"{fmt(st['fvu'][b])} (L0 {fmt(st['l0_mean'][b], 1)}"
+                    + (f", MS {fmt(st['ms_mean'][b])}" if st.get("ms_mean") else "") + ")"
+                    if st else "not run" for st in stats])
+            with_ms = any(st and st.get("ms_mean") for st in stats)
+            tables.append(Table(f"k-robustness on {name}: FVU (L0{', mean MS' if with_ms else ''}) with inference "
+                                "budget k'", ["budget"] + labels,
                                 rows, note=_notes(saes, "k-robustness", [name])))
     if ran("ood-detection"):
         for ood in ood_names:

@@ -196,6 +196,11 @@ def test_k_robustness_matches_encoding_at_each_budget():
         codes = sae.encode(data.x, k=kp)  # encoded directly at k', not truncated
         assert got["fvu"][b] == pytest.approx(metrics.fvu(data.x, sae.decode(codes)), rel=1e-6)
         assert got["l0_mean"][b] == pytest.approx(float(codes.l0().double().mean()), rel=1e-9)
+        # MS at k' (the batches carry judge embeddings): per-image max of codes encoded at k', dense.
+        z = codes.to_dense().double()
+        per_image = torch.stack([z[i * TOK:(i + 1) * TOK].max(dim=0).values for i in range(data.n)])
+        ms = metrics.monosemanticity_score(per_image, data.emb.double())
+        assert got["ms_mean"][b] == pytest.approx(float(ms[torch.isfinite(ms)].mean()), rel=1e-6)
 
 
 @torch.no_grad()
