@@ -116,59 +116,61 @@ def suite_tables(results: dict) -> list[Table]:
     return tables
 
 
-def suite_figures(results: dict):
-    """``(name, figure, alt text)`` for the k-robustness curves and the probing accuracy."""
+def _curves(curves, title: str, xlabel: str, ylabel: str, vline=None, hline=None):
+    """A log2-x line plot: ``curves`` are ``(style index, label, xs, ys)``; ys may hold ``None``.
+
+    ``vline``/``hline``: optional ``(position, label)`` reference lines. Colour
+    and line style both follow the style index (colour is never the only cue).
+    """
     import matplotlib.pyplot as plt
     import numpy as np
 
     from sae_audit.report.plots import COLOURS, STYLES
 
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
+    for j, label, xs, ys in curves:
+        y = np.array([np.nan if v is None else v for v in ys], dtype=float)
+        ax.plot(xs, y, marker="o", color=COLOURS[j % len(COLOURS)], linestyle=STYLES[j % len(STYLES)], label=label)
+    if vline is not None:
+        ax.axvline(vline[0], color="#444", linewidth=0.8, linestyle=":", label=vline[1])
+    if hline is not None:
+        ax.axhline(hline[0], color="#444", linewidth=0.8, linestyle=":", label=hline[1])
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def suite_figures(results: dict):
+    """``(name, figure, alt text)`` for the k-robustness curves and the probing accuracy."""
     id_name, ood_names = _names(results)
     sets = [id_name] + ood_names
     for i, s in enumerate(results["saes"]):
         kr = _suite(s, "k-robustness")
         if kr:
-            fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
-            for j, name in enumerate(sets):
-                st = kr["datasets"].get(name)
-                if not st:
-                    continue
-                y = np.array([np.nan if v is None else v for v in st["fvu"]], dtype=float)
-                ax.plot(st["budgets"], y, marker="o", color=COLOURS[j % len(COLOURS)],
-                        linestyle=STYLES[j % len(STYLES)], label=name)
-            ax.axvline(s["config"]["k"], color="#444", linewidth=0.8, linestyle=":", label="training k")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("inference budget k'")
-            ax.set_ylabel("FVU")
-            ax.set_title(f"k-robustness: {s['label']}", fontsize=10)
-            ax.legend(fontsize=8, frameon=False)
-            ax.spines[["top", "right"]].set_visible(False)
-            fig.tight_layout()
+            curves = [(j, name, kr["datasets"][name]["budgets"], kr["datasets"][name]["fvu"])
+                      for j, name in enumerate(sets) if kr["datasets"].get(name)]
+            fig = _curves(curves, f"k-robustness: {s['label']}", "inference budget k'", "FVU",
+                          vline=(s["config"]["k"], "training k"))
             yield (f"k-robustness-{i}", fig,
                    f"FVU of {s['label']} on each image set when the inference budget k' replaces the training "
                    f"k = {s['config']['k']}; a flatter curve degrades more gracefully.")
     for name in sets:
-        curves = []
+        found = []
         for s in results["saes"]:
             st = (_suite(s, "probing") or {}).get("datasets", {}).get(name)
             if st and "accuracy" in st and any(a is not None for a in st["accuracy"]):
-                curves.append((s["label"], st))
-        if not curves:
+                found.append((s["label"], st))
+        if not found:
             continue
-        fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
-        for j, (label, st) in enumerate(curves):
-            y = np.array([np.nan if v is None else v for v in st["accuracy"]], dtype=float)
-            ax.plot(st["budgets"], y, marker="o", color=COLOURS[j % len(COLOURS)],
-                    linestyle=STYLES[j % len(STYLES)], label=label)
-        if curves[0][1].get("chance") is not None:
-            ax.axhline(curves[0][1]["chance"], color="#444", linewidth=0.8, linestyle=":", label="majority class")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("latents kept per image (m)")
-        ax.set_ylabel("held-out accuracy")
-        ax.set_title(f"Linear probing on {name}", fontsize=10)
-        ax.legend(fontsize=8, frameon=False)
-        ax.spines[["top", "right"]].set_visible(False)
-        fig.tight_layout()
+        curves = [(j, label, st["budgets"], st["accuracy"]) for j, (label, st) in enumerate(found)]
+        chance = found[0][1].get("chance")
+        fig = _curves(curves, f"Linear probing on {name}", "latents kept per image (m)", "held-out accuracy",
+                      hline=(chance, "majority class") if chance is not None else None)
         yield (f"probing-{_slug(name)}", fig,
                f"Held-out accuracy of a logistic regression on each {name} image's top-m latents, per SAE.")
 
