@@ -35,7 +35,9 @@ def child(n_images: int, args) -> dict:
     import torch
 
     from sae_audit.sae import SAEConfig, TopKSAE
-    from sae_audit.suites import SUITES, PairContext, SuiteContext
+    from sae_audit.suites import PairContext, SuiteContext, available_suites
+
+    SUITES = available_suites()
     from sae_audit.suites.base import SuiteBatch
     from sae_audit.suites.coverage import CoverageAccumulator, compare
 

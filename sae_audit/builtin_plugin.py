@@ -1,12 +1,9 @@
-"""sae-audit's own plugin: the built-in families, formats, image sets, suites and sections.
+"""sae-audit's own plugin: the list of built-in families, formats, image sets, suites and sections.
 
-It is registered first by :class:`sae_audit.plugins.PluginManager` (and listed
-under the ``sae_audit`` entry-point group in ``pyproject.toml``), and takes the
-same path as any third-party plugin: the module-level registries it reads
-(:data:`sae_audit.models.adapters.ADAPTERS`, :data:`sae_audit.sae.io.FORMAT_READERS`,
-:data:`sae_audit.data.demo.DEMO_SETS`, :data:`sae_audit.suites.SUITES`) are
-what sae-audit ships; what the rest of the code looks things up in is the
-plugin manager's registries, where plugins' contributions join them.
+The plugin manager loads it first (:data:`sae_audit.plugin_manager.BUILTIN_MODULE`;
+it is also listed under the ``sae_audit`` entry-point group in
+``pyproject.toml``), and it takes the same path as any third-party plugin:
+this module *is* the list of built-ins (nothing else keeps a table of them).
 """
 
 from __future__ import annotations
@@ -18,45 +15,74 @@ from sae_audit.hookspecs import hookimpl
 
 @hookimpl
 def sae_audit_register_model_adapters(register):
-    from sae_audit.models.adapters import ADAPTERS
+    from sae_audit.models.adapters import (
+        ClipAdapter,
+        Dinov2Adapter,
+        Dinov2WithRegistersAdapter,
+        SiglipAdapter,
+        ViTAdapter,
+    )
 
-    for adapter in ADAPTERS.values():
+    for adapter in (ViTAdapter(), Dinov2Adapter(), Dinov2WithRegistersAdapter(), ClipAdapter(), SiglipAdapter()):
         register(adapter)
 
 
 @hookimpl
 def sae_audit_register_sae_formats(register):
-    from sae_audit.sae.io import FORMAT_READERS
+    from sae_audit.sae import io
+    from sae_audit.sae.formats import saelens, saev, sparsify
 
-    for reader in FORMAT_READERS:
-        register(reader.name, reader.detect, reader.read)
+    register("native", io.detect_native, io.read_native)
+    register("saelens", saelens.detect, saelens.read)
+    register("saev", saev.detect, saev.read)
+    register("sparsify", sparsify.detect, sparsify.read)
 
 
 @hookimpl
 def sae_audit_register_image_sets(register):
-    from sae_audit.data.demo import DEMO_SETS
+    from sae_audit.data import demo
 
-    for demo in DEMO_SETS.values():
-        register(demo.name, demo.factory, f"{demo.description} ({demo.package})")
+    register("fashion-mnist:train", lambda: demo.fashion_mnist("train"),
+             "Fashion-MNIST training split: 60,000 28x28 grey clothing images, 10 classes "
+             "(apt dataset-fashion-mnist)")
+    register("fashion-mnist:test", lambda: demo.fashion_mnist("test"),
+             "Fashion-MNIST test split: 10,000 28x28 grey clothing images, 10 classes (apt dataset-fashion-mnist)")
+    register("digits", demo.DigitsSet,
+             "OpenCV digits.png: 5,000 20x20 handwritten digits, 500 per class 0-9 (apt opencv-doc)")
+    register("clipart", demo.clipart,
+             "Open Clip Art Library: ~6,900 clip-art PNGs, class = top-level category (apt openclipart-png)")
+    register("sklearn-digits", demo.SklearnDigitsSet,
+             "scikit-learn load_digits: 1,797 8x8 handwritten digits, 10 classes (pip scikit-learn)")
 
 
 @hookimpl
 def sae_audit_register_suites(register):
-    from sae_audit.suites import SUITES
-
-    from sae_audit.suites.coverage import CoverageAccumulator
+    from sae_audit.suites import coverage, k_robustness, monosemanticity, ood, pictures, probing, purity
 
     # Coverage always runs (the audit builds it itself); it is registered so
     # that listings and name conflicts see it.
-    register("coverage", lambda c: CoverageAccumulator(c.sae.d_sae, c.sae.d_in, c.sae.k),
+    register("coverage", lambda c: coverage.CoverageAccumulator(c.sae.d_sae, c.sae.d_in, c.sae.k),
              "firing frequencies, alive/dead/dense latents, L0, effective units and reconstruction, ID vs OOD")
-    for suite in SUITES.values():
-        register(suite.name, suite.factory, suite.description, compare=suite.compare,
-                 needs_labels=suite.needs_labels, needs_embeddings=suite.needs_embeddings)
+    register("monosemanticity",
+             lambda c: monosemanticity.MonosemanticityAccumulator(c.sae.d_sae, c.judge_width, c.judge_name),
+             "monosemanticity score per latent against judge embeddings (Pach et al. 2025)", needs_embeddings=True)
+    register("purity", lambda c: purity.PurityAccumulator(c.sae.d_sae),
+             "share of each latent's top-16 images in its most common class (labelled sets)", needs_labels=True)
+    register("probing", lambda c: probing.ProbingAccumulator(c.sae.d_sae, c.sae.k, seed=c.seed),
+             "held-out accuracy of a logistic regression on each image's top-m latents, m in 1,2,4,8,k",
+             needs_labels=True)
+    register("k-robustness", lambda c: k_robustness.KRobustnessAccumulator(c.sae),
+             "FVU and L0 with the inference budget swapped to k/4, k/2, k, 2k, 4k")
+    register("ood-detection", lambda c: ood.OODAccumulator(c.sae.d_sae, c.sae.d_in),
+             "AUROC of per-image FVU, L0, effective units and latent rarity for ID vs OOD",
+             compare=lambda a, b, ctx: ood.compare(a, b))
+    register("pictures", lambda c: pictures.PicturesAccumulator(c.sae.d_sae),
+             "thumbnails of the top images of the most shifted and OOD-only latents",
+             compare=lambda a, b, ctx: pictures.compare(a, b, ctx.coverage or {}, ctx.id_set, ctx.ood_set))
 
 
 def _plugins_section(results: dict):
-    from sae_audit.plugins import ReportSection
+    from sae_audit.report.plugin_sections import ReportSection
 
     plugins = [p for p in results.get("plugins") or [] if p.get("name") != "builtin"]
     if not plugins:
@@ -91,8 +117,7 @@ def sae_audit_card_metadata(config):
 
 
 @hookimpl(trylast=True)
-def sae_audit_audit_image_set(model, saes, image_set, config, progress, suites, judge, suite_accs):
+def sae_audit_audit_image_set(run, image_set, role):
     from sae_audit.audit import audit_image_set
 
-    return audit_image_set(model, saes, image_set, config, progress, suites=suites, judge=judge,
-                           suite_accs=suite_accs)
+    return audit_image_set(run, image_set)

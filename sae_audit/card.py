@@ -79,7 +79,7 @@ def eval_results(results: dict, source_url: str):
     """
     from huggingface_hub import EvalResult
 
-    from sae_audit.report.metric_info import METRICS
+    from sae_audit.results.metric_info import METRICS
 
     out = []
     id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
@@ -109,7 +109,8 @@ def eval_results(results: dict, source_url: str):
 def card_section(results: dict, report_link: str) -> str:
     """The Markdown audit section (between :data:`BEGIN` and :data:`END`), every name escaped."""
     from sae_audit.report.markdown import md_escape as md
-    from sae_audit.report.view import fmt, verdict
+    from sae_audit.report.sections import verdict
+    from sae_audit.report.view import fmt
 
     id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
     lines = [BEGIN, "## Sparse-autoencoder audit", "",
@@ -192,7 +193,7 @@ def update_card(results: dict, card: str | os.PathLike, report_link: str, source
     """
     from huggingface_hub import ModelCard
 
-    from sae_audit.report.results import atomic_write_text
+    from sae_audit.outputs import atomic_write_text
 
     path = card_path(card)
     if not path.parent.is_dir():

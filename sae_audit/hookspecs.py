@@ -3,9 +3,9 @@
 A plugin is a module (or any object) with functions named after these hooks
 and marked with :data:`hookimpl` (``from sae_audit.hookspecs import hookimpl``);
 it is found through the ``sae_audit`` entry-point group (see
-:mod:`sae_audit.plugins` and ``docs/plugins.md``). ``docs/hooks.md`` is
-generated from the docstrings here (``python -m sae_audit.plugins
---hook-reference``) and a test checks that it is up to date.
+:mod:`sae_audit.plugin_manager` and ``docs/plugins.md``). ``docs/hooks.md`` is
+generated from the docstrings here (``python scripts/hook_reference.py``) and a
+test checks that it is up to date.
 
 Three kinds of hook:
 
@@ -25,7 +25,15 @@ Implementations may accept any subset of a hook's arguments, by name.
 
 from __future__ import annotations
 
+import inspect
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import pluggy
+
+# Annotations name sae-audit's types by their full path, as strings: this module
+# is the bottom of the package's import graph and imports none of them.
 
 PROJECT_NAME = "sae_audit"
 
@@ -34,14 +42,16 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: Marks a hook implementation in a plugin: ``@hookimpl`` or ``@hookimpl(wrapper=True)``.
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
+_REGISTER_PREFIX = PROJECT_NAME + "_register_"
+
 
 # --------------------------------------------------------------------------- registries
 @hookspec
-def sae_audit_register_model_adapters(register):
+def sae_audit_register_model_adapters(register: Callable[..., None]) -> None:
     """Register model-family adapters: how to find the blocks and token layout of a family.
 
     Called once per plugin, when the plugin manager registers the plugin (at
-    start-up); :func:`sae_audit.models.adapters.adapter_for` then looks
+    start-up); :func:`sae_audit.models.registry.adapter_for` then looks
     families up by name or ``config.model_type``.
 
     Args:
@@ -61,7 +71,7 @@ def sae_audit_register_model_adapters(register):
 
 
 @hookspec
-def sae_audit_register_sae_formats(register):
+def sae_audit_register_sae_formats(register: Callable[..., None]) -> None:
     """Register SAE file-format readers.
 
     Called once per plugin, when the plugin manager registers the plugin (at
@@ -84,7 +94,7 @@ def sae_audit_register_sae_formats(register):
 
 
 @hookspec
-def sae_audit_register_image_sets(register):
+def sae_audit_register_image_sets(register: Callable[..., None]) -> None:
     """Register named image sets and image-set families.
 
     Called once per plugin, when the plugin manager registers the plugin (at
@@ -110,11 +120,11 @@ def sae_audit_register_image_sets(register):
 
 
 @hookspec
-def sae_audit_register_suites(register):
+def sae_audit_register_suites(register: Callable[..., None]) -> None:
     """Register audit suites.
 
     Called once per plugin, when the plugin manager registers the plugin (at
-    start-up); :meth:`sae_audit.plugins.PluginManager.suites` lists them.
+    start-up); :func:`sae_audit.suites.registry.available_suites` lists them.
 
     Args:
         register: ``register(name, factory, description, compare=None,
@@ -137,7 +147,7 @@ def sae_audit_register_suites(register):
 
 
 @hookspec
-def sae_audit_register_report_sections(register):
+def sae_audit_register_report_sections(register: Callable[..., None]) -> None:
     """Register report sections: Markdown and HTML fragments appended to every report.
 
     Called once per plugin, when the plugin manager registers the plugin (at
@@ -148,7 +158,7 @@ def sae_audit_register_report_sections(register):
     Args:
         register: ``register(name, render)``: ``render(results: dict)``
             returns ``None`` (nothing to say for this audit) or a
-            :class:`sae_audit.plugins.ReportSection` (``title``,
+            :class:`sae_audit.report.plugin_sections.ReportSection` (``title``,
             ``markdown``, ``html``; the HTML fragment must be escaped by the
             plugin and self-contained: no script, no external URL).
 
@@ -162,7 +172,7 @@ def sae_audit_register_report_sections(register):
 
 
 @hookspec
-def sae_audit_register_commands(register):
+def sae_audit_register_commands(register: Callable[..., None]) -> None:
     """Register ``sae-audit`` sub-commands.
 
     Called once per plugin, when the plugin manager registers the plugin (at
@@ -187,7 +197,7 @@ def sae_audit_register_commands(register):
 
 # --------------------------------------------------------------------------- metadata
 @hookspec
-def sae_audit_card_metadata(config, dataset):
+def sae_audit_card_metadata(config: sae_audit.sae.SAEConfig, dataset: dict[str, Any]) -> dict[str, Any] | None:
     """Contribute metadata to the YAML front matter of a trained SAE's model card.
 
     Called every time a model card is written (``sae-audit train``), once per
@@ -206,7 +216,9 @@ def sae_audit_card_metadata(config, dataset):
 
 # --------------------------------------------------------------------------- lifecycle
 @hookspec
-def sae_audit_run_configured(model, saes, id_set, ood_sets, config):
+def sae_audit_run_configured(model: sae_audit.models.VisionModel, saes: list[sae_audit.audit.AuditedSAE],
+                             id_set: sae_audit.data.ImageSet, ood_sets: list[sae_audit.data.ImageSet],
+                             config: sae_audit.audit.AuditSettings) -> None:
     """An audit run is fully configured and about to read images.
 
     Called once per :func:`sae_audit.audit.run_audit`, after the SAEs are
@@ -226,49 +238,62 @@ def sae_audit_run_configured(model, saes, id_set, ood_sets, config):
 
 
 @hookspec(firstresult=True)
-def sae_audit_audit_image_set(model, saes, image_set, role, config, progress, suites, judge, suite_accs):
+def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_audit.data.ImageSet,
+                              role: str) -> sae_audit.audit.ImageSetAudit:
     """Stream one image set through the model and every SAE (first result wins).
 
     Called once per image set of a run (the ID set first, then each OOD set).
-    The built-in plugin implements it (``trylast``) with the streaming coverage
-    pass; implement it with ``@hookimpl(wrapper=True)`` to see each set before
-    and after it is audited (timing, memory, extra fields in the description),
-    or return a result first to replace the built-in pass.
+    The built-in plugin implements it (``trylast``) with the streaming pass of
+    :func:`sae_audit.audit.audit_image_set`; implement it with
+    ``@hookimpl(wrapper=True)`` to see each set before and after it is audited
+    (timing, memory, extra fields in the description), or return a result
+    first to replace the built-in pass.
 
     Args:
-        model: the :class:`sae_audit.models.VisionModel`.
-        saes: the list of :class:`sae_audit.audit.AuditedSAE`.
+        run: the :class:`sae_audit.audit.AuditContext` of the run: ``model``
+            (the :class:`sae_audit.models.VisionModel`), ``saes`` (the
+            :class:`sae_audit.audit.AuditedSAE` s), ``settings`` (the
+            :class:`sae_audit.audit.AuditSettings`), ``suites`` (the
+            :class:`sae_audit.suites.SuiteInfo` s to run besides coverage),
+            ``judge`` (the model giving judge embeddings, or ``None``: the
+            audited model) and ``progress`` (show a progress bar).
         image_set: the :class:`sae_audit.data.ImageSet` to read.
         role: ``"id"`` or ``"ood"``.
-        config: the :class:`sae_audit.audit.AuditConfig`.
-        progress: whether to show a progress bar.
-        suites: the :class:`sae_audit.suites.SuiteInfo` s to run on this set
-            besides coverage (possibly empty).
-        judge: the :class:`sae_audit.models.VisionModel` giving judge
-            embeddings for suites that need them, or ``None`` (``model`` itself).
-        suite_accs: a list the implementation extends with one
-            ``{suite name: accumulator}`` dict per SAE, in order.
 
     Returns:
-        ``(accumulators, description)``: one finished-able coverage
-        accumulator per SAE, in order, and the JSON-ready description of the
-        set as read (``name``, ``n_images``, ``n_skipped``, ...). A wrapper
-        receives this tuple from ``yield`` and must return it (changed or not).
+        An :class:`sae_audit.audit.ImageSetAudit`: ``coverage`` (one coverage
+        accumulator per SAE, in order), ``suites`` (one ``{suite name:
+        accumulator}`` dict per SAE, in order) and ``description`` (the
+        JSON-ready description of the set as read: ``name``, ``n_images``,
+        ``n_skipped``, ...). A wrapper receives it from ``yield`` and returns it,
+        or a changed copy (``dataclasses.replace``).
     """
 
 
 @hookspec
-def sae_audit_run_finished(results):
+def sae_audit_run_finished(results: dict[str, Any]) -> dict[str, Any] | None:
     """An audit run finished; ``results`` is the complete results document.
 
     Called once per :func:`sae_audit.audit.run_audit`, before the document is
     returned (and so before any report is written).
 
     Args:
-        results: the results dict (see :mod:`sae_audit.report.results`).
+        results: the results dict (see :mod:`sae_audit.results.document`).
 
     Returns:
         ``None``, or a JSON-serialisable dict that is stored in the document
         under ``results["extensions"][<plugin name>]``. Raising fails the run
         with an error naming the plugin and this hook.
     """
+
+
+def hook_names() -> list[str]:
+    """The names of every hook specification, in the order of this module."""
+    return [name for name, obj in vars(sys.modules[__name__]).items()
+            if name.startswith(PROJECT_NAME + "_") and inspect.isfunction(obj)]
+
+
+#: The register hooks by the kind of thing they register: ``{"image_sets": "sae_audit_register_image_sets", ...}``.
+REGISTER_HOOKS: dict[str, str] = {
+    name[len(_REGISTER_PREFIX):]: name for name in hook_names() if name.startswith(_REGISTER_PREFIX)
+}

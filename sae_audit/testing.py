@@ -112,10 +112,10 @@ def tiny_image_folder(tmp_path) -> Path:
 
 # --------------------------------------------------------------------------- plugins
 class PluginSandbox:
-    """An isolated :class:`~sae_audit.plugins.PluginManager` for one test (see ``sae_audit_plugins``)."""
+    """An isolated :class:`~sae_audit.plugin_manager.PluginManager` for one test (see ``sae_audit_plugins``)."""
 
     def __init__(self):
-        from sae_audit.plugins import PluginManager
+        from sae_audit.plugin_manager import PluginManager
 
         self.manager = PluginManager(load_entry_points=False)
 
@@ -140,9 +140,9 @@ def sae_audit_plugins():
     ``sae_audit_plugins.register(module_or_object, name)``. Everything that
     looks things up through the plugin manager (``open_image_set``,
     ``load_sae``, ``load_vision_model``, ``run_audit``, reports) sees them.
-    ``sae_audit_plugins.manager`` is the :class:`~sae_audit.plugins.PluginManager`.
+    ``sae_audit_plugins.manager`` is the :class:`~sae_audit.plugin_manager.PluginManager`.
     """
-    from sae_audit.plugins import use_plugin_manager
+    from sae_audit.plugin_manager import use_plugin_manager
 
     sandbox = PluginSandbox()
     with use_plugin_manager(sandbox.manager):

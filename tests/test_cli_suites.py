@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from sae_audit.cli import main
-from sae_audit.suites import SUITES
+from sae_audit.plugin_manager import PluginManager, use_plugin_manager
+from sae_audit.suites import available_suites
 from sae_audit.testing import make_image_folder, make_tiny_model_dir
+
+with use_plugin_manager(PluginManager(load_entry_points=False)):
+    SUITES = list(available_suites())  # the built-in suites
 
 
 def run_cli(*args) -> int:

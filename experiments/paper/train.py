@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sae_audit.cli import sae_name
 from sae_audit.sae import SAEConfig, save_sae
-from sae_audit.train import TrainConfig, sae_card, train_saes
+from sae_audit.train import TrainConfig, fit_saes, sae_card
 from sae_audit.train.cache import ActivationCache
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    trained = train_saes(configs, cache.iter_chunks(shuffle=True, seed=args.seed), train,
+    trained = fit_saes(configs, cache.iter_chunks(shuffle=True, seed=args.seed), train,
                          checkpoint_dir=out / ".checkpoint", resume=args.resume)
     seconds = time.perf_counter() - t0
     summary = {}

@@ -19,19 +19,21 @@ from sae_audit.data.base import (
     subsample,
     to_rgb,
 )
-from sae_audit.data.demo import DEMO_SETS, DigitsSet, SklearnDigitsSet, open_demo_set
+from sae_audit.data.demo import DigitsSet, SklearnDigitsSet
 from sae_audit.data.folder import IMAGE_EXTENSIONS, ImageFolderSet
 from sae_audit.data.idx import IdxSet, read_idx
 from sae_audit.data.loader import Batch, BatchIterator, iter_batches
+from sae_audit.data.options import ImageOptions
+from sae_audit.data.registry import list_named_sets, named_set_descriptions, open_registered
 from sae_audit.errors import SaeAuditError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "NAMED_SETS",
     "Batch",
     "BatchIterator",
     "DigitsSet",
     "IdxSet",
+    "ImageOptions",
     "ImageFolderSet",
     "ImageSet",
     "SklearnDigitsSet",
@@ -46,33 +48,6 @@ __all__ = [
     "subsample",
     "to_rgb",
 ]
-
-#: The built-in named image sets: name -> one-line description (see :mod:`sae_audit.data.demo`);
-#: :func:`named_set_descriptions` adds the sets plugins register.
-NAMED_SETS: dict[str, str] = {name: f"{d.description} ({d.package})" for name, d in DEMO_SETS.items()}
-
-
-def list_named_sets() -> list[str]:
-    """The names accepted by :func:`open_image_set` besides paths: built-in sets, then plugins'.
-
-    Image-set families (such as ``corrupt``) are listed as ``<prefix>:...``.
-    """
-    return list(named_set_descriptions())
-
-
-def named_set_descriptions() -> dict[str, str]:
-    """Every registered named set and family (``<prefix>:...``) -> its one-line description.
-
-    Raises:
-        sae_audit.plugins.PluginError: two plugins register the same name.
-    """
-    from sae_audit.plugins import get_plugin_manager
-
-    return {
-        (f"{r.name}:..." if r.family else r.name): r.description
-        for r in get_plugin_manager().image_sets().values()
-    }
-
 
 # "<prefix>-images-idx3-ubyte[.gz]" (Fashion-MNIST) or "<prefix>-images.idx3-ubyte" (MNIST).
 _IDX_IMAGES_RE = re.compile(r"^(?P<prefix>.*)images(?P<sep>[-.])idx[34]-ubyte(?P<gz>\.gz)?$")
@@ -138,12 +113,10 @@ def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, 
             errors of the set's constructor (empty folder, corrupt IDX,
             missing package, ...); ``max_images < 1``. A plugin's factory
             that fails otherwise raises
-            :class:`~sae_audit.plugins.PluginError` (a subclass) naming it.
+            :class:`~sae_audit.plugin_manager.PluginError` (a subclass) naming it.
     """
-    from sae_audit.plugins import get_plugin_manager
-
     text = os.fspath(spec)
-    image_set = get_plugin_manager().open_image_set(text)
+    image_set = open_registered(text)
     if image_set is None:
         path = Path(text).expanduser()
         if path.is_dir():

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -35,11 +33,10 @@ __all__ = [
     "DIGITS_PNG_CANDIDATES",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
-    "DEMO_SETS",
-    "DemoSet",
     "DigitsSet",
     "SklearnDigitsSet",
-    "open_demo_set",
+    "clipart",
+    "fashion_mnist",
 ]
 
 #: Where Debian's ``dataset-fashion-mnist`` installs the IDX files.
@@ -186,7 +183,12 @@ def _find(stem: Path) -> Path:
     raise _missing("Fashion-MNIST", f"no {stem}.gz", "apt-get install dataset-fashion-mnist")
 
 
-def _fashion_mnist(split: str) -> ImageSet:
+def fashion_mnist(split: str) -> ImageSet:
+    """Fashion-MNIST ``train`` or ``test`` (apt ``dataset-fashion-mnist``).
+
+    Raises:
+        SaeAuditError: the package is not installed.
+    """
     prefix = {"train": "train", "test": "t10k"}[split]
     images = _find(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte")
     labels = _find(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte")
@@ -195,72 +197,14 @@ def _fashion_mnist(split: str) -> ImageSet:
     return ds
 
 
-def _clipart() -> ImageSet:
+def clipart() -> ImageSet:
+    """The Open Clip Art Library PNGs (apt ``openclipart-png``); class = top-level category.
+
+    Raises:
+        SaeAuditError: the package is not installed.
+    """
     if not CLIPART_DIR.is_dir():
         raise _missing("Open Clip Art PNGs", f"no folder {CLIPART_DIR}", "apt-get install openclipart-png")
     ds = ImageFolderSet(CLIPART_DIR, name="clipart")
     ds.source = f"{CLIPART_DIR} (apt openclipart-png)"
     return ds
-
-
-@dataclass(frozen=True)
-class DemoSet:
-    """A named set: a one-line description, the providing package, a factory."""
-
-    name: str
-    description: str
-    package: str
-    factory: Callable[[], ImageSet]
-
-
-DEMO_SETS: dict[str, DemoSet] = {
-    d.name: d
-    for d in (
-        DemoSet(
-            "fashion-mnist:train",
-            "Fashion-MNIST training split: 60,000 28x28 grey clothing images, 10 classes",
-            "apt dataset-fashion-mnist",
-            lambda: _fashion_mnist("train"),
-        ),
-        DemoSet(
-            "fashion-mnist:test",
-            "Fashion-MNIST test split: 10,000 28x28 grey clothing images, 10 classes",
-            "apt dataset-fashion-mnist",
-            lambda: _fashion_mnist("test"),
-        ),
-        DemoSet(
-            "digits",
-            "OpenCV digits.png: 5,000 20x20 handwritten digits, 500 per class 0-9",
-            "apt opencv-doc",
-            DigitsSet,
-        ),
-        DemoSet(
-            "clipart",
-            "Open Clip Art Library: ~6,900 clip-art PNGs, class = top-level category",
-            "apt openclipart-png",
-            _clipart,
-        ),
-        DemoSet(
-            "sklearn-digits",
-            "scikit-learn load_digits: 1,797 8x8 handwritten digits, 10 classes",
-            "pip scikit-learn",
-            SklearnDigitsSet,
-        ),
-    )
-}
-
-
-def open_demo_set(name: str) -> ImageSet:
-    """Build the named demo set.
-
-    Raises:
-        SaeAuditError: unknown name, or the providing package is not installed
-            (the message names the package).
-    """
-    try:
-        demo = DEMO_SETS[name]
-    except KeyError:
-        raise SaeAuditError(
-            f"unknown demo image set {name!r}; known: {', '.join(DEMO_SETS)}"
-        ) from None
-    return demo.factory()

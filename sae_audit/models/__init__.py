@@ -8,19 +8,24 @@ Public API:
 - :class:`TokenLayout`, :func:`adapter_for` (per-family knowledge), :class:`HookPoint`.
 """
 
-from sae_audit.models.adapters import SUPPORTED_FAMILIES, TokenLayout, adapter_for
+from sae_audit.models.adapters import FamilyAdapter, TokenLayout
 from sae_audit.models.capture import capture, capture_and_pool, select_tokens
 from sae_audit.models.hookpoint import HookPoint
-from sae_audit.models.loading import VisionModel, load_vision_model
+from sae_audit.models.loading import VisionModel, load_model, load_vision_model
+from sae_audit.models.registry import adapter_for, model_adapters
+from sae_audit.models.spec import ModelSpec
 
 __all__ = [
-    "SUPPORTED_FAMILIES",
+    "FamilyAdapter",
     "HookPoint",
+    "ModelSpec",
     "TokenLayout",
     "VisionModel",
     "adapter_for",
     "capture",
     "capture_and_pool",
+    "load_model",
     "load_vision_model",
+    "model_adapters",
     "select_tokens",
 ]

@@ -7,8 +7,8 @@ resolution, and how the family defines its pooled image embedding.
 
 Built-in families (registered by the built-in plugin through
 ``sae_audit_register_model_adapters``; plugins register more the same way;
-``adapter_for`` refuses anything no plugin registered with
-:class:`~sae_audit.errors.SaeAuditError`):
+:func:`sae_audit.models.registry.adapter_for` refuses anything no plugin
+registered with :class:`~sae_audit.errors.SaeAuditError`):
 
 =========================  =====================================  ==========================
 family                     transformers class                     token layout
@@ -268,42 +268,3 @@ class SiglipAdapter(ClipAdapter):
         if out.pooler_output is not None:
             return out.pooler_output
         return out.last_hidden_state.mean(dim=1)
-
-
-ADAPTERS: dict[str, FamilyAdapter] = {
-    a.family: a
-    for a in (ViTAdapter(), Dinov2Adapter(), Dinov2WithRegistersAdapter(), ClipAdapter(), SiglipAdapter())
-}
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(ADAPTERS)
-
-
-def adapter_for(model_or_config: Any) -> FamilyAdapter:
-    """The adapter for a model, a transformers config, a ``model_type`` or a family name.
-
-    Accepts an ``nn.Module`` with ``.config``, a ``PretrainedConfig`` (or
-    anything with ``model_type``), or a string (family name or
-    ``config.model_type``), looked up among the families registered with the
-    plugin manager (built-in and plugins'). Raises :class:`SaeAuditError`
-    listing the supported families when the family is not supported.
-    """
-    if isinstance(model_or_config, str):
-        key = model_or_config
-    else:
-        config = getattr(model_or_config, "config", model_or_config)
-        key = getattr(config, "model_type", None)
-        if key is None:
-            raise SaeAuditError(
-                f"cannot tell the model family of {type(model_or_config).__name__}: it has no "
-                f"config.model_type; supported families: {', '.join(SUPPORTED_FAMILIES)}"
-            )
-    from sae_audit.plugins import get_plugin_manager
-
-    manager = get_plugin_manager()
-    adapter = manager.model_adapter(key)
-    if adapter is None:
-        raise SaeAuditError(
-            f"unsupported model family {key!r}; supported families: {', '.join(manager.model_adapters())} "
-            "(built in: transformers classes ViTModel, Dinov2Model, Dinov2WithRegistersModel, "
-            "CLIPVisionModel, SiglipVisionModel; plugins add others)"
-        )
-    return adapter

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from sae_audit.errors import SaeAuditError
-from sae_audit.models.adapters import TokenLayout, adapter_for
+from sae_audit.models.adapters import TokenLayout
 from sae_audit.models.hookpoint import TOKEN_SETS, HookPoint
+from sae_audit.models.registry import adapter_for
 
 if TYPE_CHECKING:
     from sae_audit.models.loading import VisionModel
@@ -79,7 +80,7 @@ def capture_and_pool(
         SaeAuditError: as :func:`capture`.
     """
     out, result = _run(model, pixel_values, hook_points, stop_early=False)
-    adapter = adapter_for(model if isinstance(model, nn.Module) else model.model)
+    adapter = adapter_for(model) if isinstance(model, nn.Module) else model.adapter
     return out, adapter.pool_output(result).detach()
 
 
@@ -97,7 +98,7 @@ def _run(model, pixel_values, hook_points, stop_early: bool):
         x = pixel_values
     else:  # VisionModel
         net = model.model
-        adapter = adapter_for(net)
+        adapter = model.adapter
         x = pixel_values.to(device=model.device, dtype=model.dtype)
 
     blocks = adapter.blocks(net)

@@ -19,14 +19,16 @@ import torch
 from torch import nn
 
 from sae_audit.errors import SaeAuditError
-from sae_audit.models.adapters import TokenLayout, adapter_for, FamilyAdapter
+from sae_audit.models.adapters import FamilyAdapter, TokenLayout
+from sae_audit.models.hookpoint import HookPoint
+from sae_audit.models.registry import adapter_for
+from sae_audit.models.spec import DEVICES, MAX_IMAGE_SIZE, ModelSpec
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-DEVICES = ("auto", "cpu", "cuda")
 
 _COMMIT_RE = re.compile(r"snapshots[/\\]([0-9a-f]{40})[/\\]")
 
@@ -85,13 +87,32 @@ class VisionModel:
         pv = self.processor(images=images, return_tensors="pt")["pixel_values"]
         return pv.to(device=self.device, dtype=self.dtype)
 
+    def check_hook_point(self, hook_point: HookPoint, context: str = "") -> None:
+        """Raise :class:`SaeAuditError` (prefixed by ``context``) if this model cannot give ``hook_point``.
+
+        The block must exist, and ``cls`` needs a CLS token (SigLIP has none).
+        """
+        if hook_point.block >= self.num_blocks:
+            raise SaeAuditError(
+                f"{context}hook point {hook_point.name} is past the depth of {self.name} (past the model's depth "
+                f"of {self.num_blocks} blocks: block.0 .. block.{self.num_blocks - 1})", field="hook"
+            )
+        if hook_point.tokens == "cls" and not self.layout.has_cls:
+            raise SaeAuditError(f"{context}{self.name} ({self.family}) has no CLS token; use `tokens` patch or mean",
+                                field="tokens")
+
     def pooled(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled ("judge") embedding ``[B, d_model]`` as the family defines it (see adapters)."""
         pv = pixel_values.to(device=self.device, dtype=self.dtype)
         return self.adapter.pooled(self.model, pv)
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device.
+
+    Raises:
+        SaeAuditError: an unknown device, or CUDA asked for where there is none.
+    """
     text = str(device)
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,19 +121,21 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if text == "cuda" or text.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise SaeAuditError(
-                f"device {text!r} asked for but CUDA is not available here; use --device cpu or auto (device='cpu' or 'auto' from Python)"
+                f"`device` {text!r} asked for but CUDA is not available here; use `device` cpu or auto",
+                field="device",
             )
         return torch.device(text)
-    raise SaeAuditError(f"unknown device {text!r}: choose one of {', '.join(DEVICES)} (or 'cuda:N')")
+    raise SaeAuditError(f"unknown device {text!r} (`device`): choose one of {', '.join(DEVICES)} (or 'cuda:N')",
+                        field="device")
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
-        raise SaeAuditError(f"unsupported dtype {dtype}: choose one of {', '.join(DTYPES)}")
+        raise SaeAuditError(f"unsupported dtype {dtype} (`dtype`): choose one of {', '.join(DTYPES)}", field="dtype")
     if dtype not in DTYPES:
-        raise SaeAuditError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        raise SaeAuditError(f"unknown dtype {dtype!r} (`dtype`): choose one of {', '.join(DTYPES)}", field="dtype")
     return DTYPES[dtype]
 
 
@@ -187,13 +210,19 @@ def _processor_size(processor: Any) -> tuple[int, int]:
     return int(pv.shape[-2]), int(pv.shape[-1])
 
 
+def load_model(spec: ModelSpec) -> VisionModel:
+    """Load the model a :class:`~sae_audit.models.spec.ModelSpec` names (see :func:`load_vision_model`)."""
+    return load_vision_model(spec.name, revision=spec.revision, device=spec.device, dtype=spec.dtype,
+                             trust_remote_code=spec.trust_remote_code, image_size=spec.image_size)
+
+
 def load_vision_model(
     name_or_path: str | os.PathLike,
-    revision: str | None = None,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype = "float32",
-    trust_remote_code: bool = False,
-    image_size: int | None = None,
+    revision: str | None = ModelSpec.revision,
+    device: str | torch.device = ModelSpec.device,
+    dtype: str | torch.dtype = ModelSpec.dtype,
+    trust_remote_code: bool = ModelSpec.trust_remote_code,
+    image_size: int | None = ModelSpec.image_size,
 ) -> VisionModel:
     """Load a supported HF vision model and its image processor.
 
@@ -225,10 +254,12 @@ def load_vision_model(
             an unsupported family.
     """
     name = str(name_or_path)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     torch_dtype = _resolve_dtype(dtype)
-    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0):
-        raise SaeAuditError(f"image_size must be a positive int, got {image_size!r}")
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool)
+                                   or not 0 < image_size <= MAX_IMAGE_SIZE):
+        raise SaeAuditError(f"`image_size` must be a positive int of at most {MAX_IMAGE_SIZE} pixels, "
+                            f"got {image_size!r}", field="image_size")
 
     source, resolved_rev, is_hub = _resolve_source(name, revision)
     load_rev = resolved_rev if is_hub else None
@@ -246,8 +277,8 @@ def load_vision_model(
     patch = adapter.patch_size(config)
     if image_size is not None and image_size % patch:
         raise SaeAuditError(
-            f"image size (--image-size) {image_size} is not a multiple of the patch size {patch} of {name!r}; "
-            f"try {max(patch, round(image_size / patch) * patch)}"
+            f"`image_size` {image_size} is not a multiple of the patch size {patch} of {name!r}; "
+            f"try {max(patch, round(image_size / patch) * patch)}", field="image_size"
         )
 
     from transformers.utils import logging as hf_logging
@@ -303,7 +334,7 @@ def load_vision_model(
     if h != w or h % patch:
         raise SaeAuditError(
             f"the image processor of {name!r} produces {h}x{w} images, which is not a square multiple "
-            f"of the patch size {patch}; pass image_size=<multiple of {patch}>"
+            f"of the patch size {patch}; pass `image_size` (a multiple of {patch})", field="image_size"
         )
 
     model.eval()

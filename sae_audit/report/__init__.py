@@ -5,13 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sae_audit.report.results import (
-    atomic_write_bytes,
-    atomic_write_text,
-    dump_results,
-    load_results,
-    validate_results,
-)
+from sae_audit.outputs import atomic_write_bytes, atomic_write_text
+from sae_audit.results.document import dump_results, load_results, validate_results
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -28,7 +23,7 @@ def render_reports(results: dict, formats=("md", "html")) -> dict[str, str | byt
     from sae_audit.report import plots
     from sae_audit.report.html import render_html
     from sae_audit.report.markdown import figure_path, render_markdown
-    from sae_audit.report.view import build_view
+    from sae_audit.report.sections import build_view
 
     view = build_view(results)
     pngs: dict[str, bytes] = {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sae_audit.report.markdown import md_escape as md
-from sae_audit.report.metric_info import METRICS, MetricInfo, metrics_of
+from sae_audit.results.metric_info import METRICS, MetricInfo, metrics_of
 from sae_audit.report.view import fmt
 
 

@@ -41,7 +41,7 @@ def render_html(view: View, figure_png: dict[str, bytes]) -> str:
     """Render ``view`` as one self-contained HTML page.
 
     Args:
-        view: what to say (:func:`sae_audit.report.view.build_view`).
+        view: what to say (:func:`sae_audit.report.sections.build_view`).
         figure_png: PNG bytes of every :class:`~sae_audit.report.view.Figure`, by name.
     Every text is HTML-escaped (Jinja autoescape); images are ``data:`` URIs.
     """

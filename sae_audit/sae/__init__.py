@@ -2,11 +2,11 @@
 
 from sae_audit.sae.codes import SparseCodes
 from sae_audit.sae.config import SAEConfig
-from sae_audit.sae.io import FORMAT_READERS, load_sae, save_sae
+from sae_audit.sae.io import load_sae, save_sae
 from sae_audit.sae.topk import LossOutput, TopKSAE
 from sae_audit.sae.variants import JumpReLUSAE, ReLUSAE, build_sae
 
 __all__ = [
-    "FORMAT_READERS", "JumpReLUSAE", "LossOutput", "ReLUSAE", "SAEConfig", "SparseCodes", "TopKSAE",
+    "JumpReLUSAE", "LossOutput", "ReLUSAE", "SAEConfig", "SparseCodes", "TopKSAE",
     "build_sae", "load_sae", "save_sae",
 ]

@@ -9,11 +9,10 @@ Native format (schema version in ``config.json``)::
       model.safetensors    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], float32
       README.md            optional model card written by training
 
-Readers for other formats plug in through :data:`FORMAT_READERS`: each is a
-``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple. The
-built-in plugin hands this list to the plugin manager
-(``sae_audit_register_sae_formats``), where plugins' readers join it;
-:func:`load_sae` tries the manager's list.
+Readers for other formats plug in through the ``sae_audit_register_sae_formats``
+hook (:mod:`sae_audit.sae.registry`); the built-in plugin registers the native
+reader (:func:`detect_native`, :func:`read_native`) first, then SAELens, saev
+and sparsify (:mod:`sae_audit.sae.formats`). :func:`load_sae` tries them in order.
 """
 
 from __future__ import annotations
@@ -22,9 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -32,17 +29,12 @@ from safetensors.torch import load_file, save_file
 
 from sae_audit.errors import SaeAuditError
 from sae_audit.sae.config import SAEConfig
+from sae_audit.sae.registry import read_sae_folder, sae_formats
 from sae_audit.sae.topk import TopKSAE
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
-
-
-class FormatReader(NamedTuple):
-    name: str
-    detect: Callable[[Path], bool]
-    read: Callable[[Path], TopKSAE]
 
 
 def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
@@ -78,7 +70,7 @@ def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None
     return out
 
 
-def _is_native(folder: Path) -> bool:
+def detect_native(folder: Path) -> bool:
     """``config.json`` beside ``model.safetensors``; a broken config is the native reader's to report."""
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).exists():
         return False
@@ -89,7 +81,12 @@ def _is_native(folder: Path) -> bool:
     return isinstance(cfg, dict) and "d_sae" in cfg and "architecture" in cfg
 
 
-def _read_native(folder: Path) -> TopKSAE:
+def read_native(folder: Path) -> TopKSAE:
+    """Read a native SAE folder (``config.json`` + ``model.safetensors``).
+
+    Raises:
+        SaeAuditError: the config is not valid JSON or not a valid SAE config, or the weights do not match it.
+    """
     try:
         raw = json.loads((folder / CONFIG_NAME).read_text())
     except ValueError as exc:
@@ -151,18 +148,6 @@ def sae_from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor], source
     return sae
 
 
-FORMAT_READERS: list[FormatReader] = [FormatReader("native", _is_native, _read_native)]
-
-
-def _register_builtin_formats() -> None:
-    from sae_audit.sae.formats import BUILTIN_READERS
-
-    FORMAT_READERS.extend(BUILTIN_READERS)
-
-
-_register_builtin_formats()
-
-
 def _resolve_hub(spec: str, revision: str | None) -> Path:
     """Download (or find in the cache) ``org/name[/subfolder...]`` through huggingface_hub."""
     from huggingface_hub import snapshot_download
@@ -211,8 +196,8 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
         spec: a local folder, ``org/name`` or ``org/name/sub/folder`` on the hub
             (through huggingface_hub's cache, so ``HF_HUB_OFFLINE=1`` works from a
             warm cache), optionally ending in ``@REVISION``. Formats: native,
-            SAELens, saev, sparsify (:mod:`sae_audit.sae.formats`) and any reader
-            added to :data:`FORMAT_READERS`.
+            SAELens, saev, sparsify (:mod:`sae_audit.sae.formats`) and any format a
+            plugin registers (:mod:`sae_audit.sae.registry`).
         revision: hub revision (branch, tag or commit hash) to pin.
         device: where to put the weights.
     Returns:
@@ -221,17 +206,12 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
         SaeAuditError: missing folder or repository, unknown format, inconsistent
             config or weights (wrong shapes, NaN, non-float, pickle files).
     """
-    from sae_audit.plugins import get_plugin_manager
-
     folder = resolve_sae_folder(spec, revision)
-    readers = get_plugin_manager().sae_formats()
-    for reader in readers:
-        if reader.detect(folder):
-            sae = reader.read(folder)
-            sae.source = str(spec)  # type: ignore[attr-defined]
-            return sae.to(device).eval()
+    sae = read_sae_folder(folder)
+    if sae is not None:
+        return sae.to(device).eval()
     names = sorted(p.name for p in folder.iterdir())[:10]
     raise SaeAuditError(
         f"{folder} is not an SAE folder sae-audit can read (found: {', '.join(names) or 'nothing'}); "
-        f"known formats: {', '.join(r.name for r in readers)}"
+        f"known formats: {', '.join(r.name for r in sae_formats())}"
     )

@@ -10,11 +10,33 @@ never the dense ``[N, d_sae]`` code matrix.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import torch
 
 from sae_audit.sae import SparseCodes
+
+
+@dataclass(frozen=True)
+class ImageCodes:
+    """Per-image view of one :class:`SuiteBatch`.
+
+    Attributes:
+        images: ``[B]`` int64 dataset indices of the images.
+        labels: ``[B]`` int64 classes (-1 unlabeled).
+        max_acts: ``[B, d_sae]`` float32, each latent's maximum activation over
+            the image's (finite) tokens; 0 where it never fires. Dense over one
+            *batch* only, never over the dataset.
+        n_tokens: ``[B]`` int64 finite tokens per image.
+        row: ``[N]`` int64, the row of ``images`` each token of the batch belongs to.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    max_acts: torch.Tensor
+    n_tokens: torch.Tensor
+    row: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -36,7 +58,7 @@ class SuiteBatch:
             monosemanticity suite's ``e_n``), or ``None`` when no suite asked for them.
 
     All tokens of one image travel in the same batch (per-image suites take the
-    maximum of a latent over the image's tokens).
+    maximum of a latent over the image's tokens: :attr:`image_codes`).
     """
 
     x: torch.Tensor
@@ -48,6 +70,35 @@ class SuiteBatch:
     images: torch.Tensor | None = None
     image_labels: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+
+    @cached_property
+    def image_codes(self) -> ImageCodes:
+        """The batch pooled per image (computed once per batch, shared by every suite that reads it)."""
+        return pool_per_image(self)
+
+
+def pool_per_image(batch: "SuiteBatch") -> ImageCodes:
+    """Pool a batch's token codes per image: each latent's maximum over the image's tokens."""
+    codes = batch.codes
+    if batch.images is not None:
+        images = batch.images.long()
+        labels = batch.image_labels.long() if batch.image_labels is not None else torch.full_like(images, -1)
+        # Map each token's image index to its row in ``images``.
+        order = torch.argsort(images)
+        pos = torch.searchsorted(images[order], batch.image_index.long())
+        row = order[pos.clamp(max=max(len(images) - 1, 0))] if len(images) else pos
+    else:
+        images, row = torch.unique(batch.image_index.long(), return_inverse=True)
+        labels = torch.full_like(images, -1)
+        if len(images):
+            labels[row] = batch.labels.long()
+    b, d_sae = len(images), codes.d_sae
+    flat = torch.zeros(b * d_sae, dtype=torch.float32)
+    if len(codes):
+        keys = (row[:, None] * d_sae + codes.indices.cpu()).flatten()
+        flat.scatter_reduce_(0, keys, codes.values.detach().cpu().float().flatten().clamp_min(0), reduce="amax")
+    n_tokens = torch.bincount(row, minlength=b) if len(codes) else torch.zeros(b, dtype=torch.long)
+    return ImageCodes(images, labels, flat.view(b, d_sae), n_tokens, row)
 
 
 class Accumulator(Protocol):

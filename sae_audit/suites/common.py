@@ -1,4 +1,4 @@
-"""Building blocks shared by the suites: per-image pooling, bounded top-image heaps, moments.
+"""Building blocks shared by the suites: bounded top-image heaps, streaming moments, summaries.
 
 Everything here is streaming and mergeable, and its memory does not depend on
 the number of inputs (except where a docstring says otherwise).
@@ -6,67 +6,9 @@ the number of inputs (except where a docstring says otherwise).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from sae_audit.suites.base import SuiteBatch
-
-
-@dataclass(frozen=True)
-class ImageCodes:
-    """Per-image view of one :class:`SuiteBatch`.
-
-    Attributes:
-        images: ``[B]`` int64 dataset indices of the images.
-        labels: ``[B]`` int64 classes (-1 unlabeled).
-        max_acts: ``[B, d_sae]`` float32, each latent's maximum activation over
-            the image's (finite) tokens; 0 where it never fires. Dense over one
-            *batch* only, never over the dataset.
-        n_tokens: ``[B]`` int64 finite tokens per image.
-        row: ``[N]`` int64, the row of ``images`` each token of the batch belongs to.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    max_acts: torch.Tensor
-    n_tokens: torch.Tensor
-    row: torch.Tensor
-
-
-_LAST: list = [None, None]  # (batch, ImageCodes) of the last call: every suite pools the same batch
-
-
-def image_codes(batch: SuiteBatch) -> ImageCodes:
-    """Pool a batch's token codes per image (max over tokens, per latent); cached for the last batch."""
-    if _LAST[0] is batch:
-        return _LAST[1]
-    out = _image_codes(batch)
-    _LAST[0], _LAST[1] = batch, out
-    return out
-
-
-def _image_codes(batch: SuiteBatch) -> ImageCodes:
-    codes = batch.codes
-    if batch.images is not None:
-        images = batch.images.long()
-        labels = batch.image_labels.long() if batch.image_labels is not None else torch.full_like(images, -1)
-        # Map each token's image index to its row in ``images``.
-        order = torch.argsort(images)
-        pos = torch.searchsorted(images[order], batch.image_index.long())
-        row = order[pos.clamp(max=max(len(images) - 1, 0))] if len(images) else pos
-    else:
-        images, row = torch.unique(batch.image_index.long(), return_inverse=True)
-        labels = torch.full_like(images, -1)
-        if len(images):
-            labels[row] = batch.labels.long()
-    b, d_sae = len(images), codes.d_sae
-    flat = torch.zeros(b * d_sae, dtype=torch.float32)
-    if len(codes):
-        keys = (row[:, None] * d_sae + codes.indices.cpu()).flatten()
-        flat.scatter_reduce_(0, keys, codes.values.detach().cpu().float().flatten().clamp_min(0), reduce="amax")
-    n_tokens = torch.bincount(row, minlength=b) if len(codes) else torch.zeros(b, dtype=torch.long)
-    return ImageCodes(images, labels, flat.view(b, d_sae), n_tokens, row)
+from sae_audit.suites.base import ImageCodes
 
 
 class TopImages:

@@ -16,6 +16,7 @@ import torch
 from sae_audit import metrics
 from sae_audit.metrics import nan_to_none
 from sae_audit.suites.base import SuiteBatch
+from sae_audit.suites.common import Moments
 
 N_EU_BINS = 20
 
@@ -25,19 +26,17 @@ class CoverageAccumulator:
 
     Memory is ``O(d_sae + d_in + k)`` whatever the number of inputs. The mean and
     the sum of squared deviations of ``x`` are merged with Chan et al.'s
-    parallel update, so FVU is exact about the dataset mean and stable under a
-    large constant offset.
+    parallel update (:class:`~sae_audit.suites.common.Moments`), so FVU is exact
+    about the dataset mean and stable under a large constant offset.
     """
 
     def __init__(self, d_sae: int, d_in: int, k: int, dense_threshold: float = 0.1):
         self.d_sae, self.d_in, self.k = d_sae, d_in, k
         self.dense_threshold = dense_threshold
-        self.n = 0
+        self.moments = Moments(d_in)
         self.n_nonfinite = 0
         self.fire_counts = torch.zeros(d_sae, dtype=torch.int64)
         self.act_sums = torch.zeros(d_sae, dtype=torch.float64)
-        self.mean = torch.zeros(d_in, dtype=torch.float64)
-        self.m2 = 0.0  # sum over inputs and dims of (x - mean)^2
         self.sse = 0.0  # sum ||x - x_hat||^2
         self.cos_sum = 0.0
         self.rel_mse_sum = 0.0
@@ -72,30 +71,18 @@ class CoverageAccumulator:
         self.sse += float(err.sum())
         self.cos_sum += float(metrics.cosine(x, x_hat).sum())
         self.rel_mse_sum += float((err / x.pow(2).sum(dim=1).clamp_min(1e-30)).sum())
+        self.moments.add(x)
 
-        n_b = x.shape[0]
-        mean_b = x.mean(dim=0)
-        m2_b = float((x - mean_b).pow(2).sum())
-        self._merge_moments(n_b, mean_b, m2_b)
-        self.n += n_b
-
-    def _merge_moments(self, n_b: int, mean_b: torch.Tensor, m2_b: float) -> None:
-        n_a = self.n
-        if n_a == 0:
-            self.mean, self.m2 = mean_b.clone(), m2_b
-            return
-        n = n_a + n_b
-        delta = mean_b - self.mean
-        self.m2 = self.m2 + m2_b + float(delta.pow(2).sum()) * n_a * n_b / n
-        self.mean = self.mean + delta * (n_b / n)
+    @property
+    def n(self) -> int:
+        """Inputs seen (finite rows)."""
+        return self.moments.n
 
     def merge(self, other: "CoverageAccumulator") -> None:
         """Absorb ``other`` (same SAE, a disjoint part of the same dataset)."""
         if (other.d_sae, other.d_in, other.k) != (self.d_sae, self.d_in, self.k):
             raise ValueError("cannot merge coverage accumulators of different SAEs")
-        if other.n:
-            self._merge_moments(other.n, other.mean, other.m2)
-        self.n += other.n
+        self.moments.merge(other.moments)
         self.n_nonfinite += other.n_nonfinite
         self.fire_counts += other.fire_counts
         self.act_sums += other.act_sums
@@ -120,7 +107,8 @@ class CoverageAccumulator:
         n_alive = int(alive.sum())
         dense = f > self.dense_threshold
         mean_act = torch.where(alive, self.act_sums / self.fire_counts.clamp_min(1).double(), torch.zeros_like(f))
-        fvu = self.sse / self.m2 if n >= 2 and self.m2 > 0 else float("nan")
+        m2 = self.moments.m2
+        fvu = self.sse / m2 if n >= 2 and m2 > 0 else float("nan")
         l0_vals = torch.arange(self.k + 1, dtype=torch.float64)
         l0_mean = float((self.l0_hist.double() * l0_vals).sum() / n) if n else float("nan")
         l0_sq = float((self.l0_hist.double() * l0_vals.pow(2)).sum() / n) if n else float("nan")

@@ -22,7 +22,7 @@ import torch
 from sae_audit import metrics
 from sae_audit.errors import SaeAuditError
 from sae_audit.suites.base import SuiteBatch
-from sae_audit.suites.common import image_codes, quantiles, rounded
+from sae_audit.suites.common import quantiles, rounded
 
 
 class MonosemanticityAccumulator:
@@ -51,7 +51,7 @@ class MonosemanticityAccumulator:
         """Raises :class:`SaeAuditError` when the batch carries no embeddings or embeddings of another width."""
         if batch.embeddings is None:
             raise SaeAuditError("the monosemanticity suite needs judge embeddings in every batch")
-        ic = image_codes(batch)
+        ic = batch.image_codes
         emb = batch.embeddings.detach().cpu().double()
         if emb.ndim != 2 or emb.shape[1] != self.d_e:
             raise SaeAuditError(

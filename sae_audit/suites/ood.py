@@ -27,7 +27,7 @@ import torch
 from sae_audit import metrics
 from sae_audit.metrics import nan_to_none
 from sae_audit.suites.base import SuiteBatch
-from sae_audit.suites.common import Moments, image_codes
+from sae_audit.suites.common import Moments
 
 SCORES = ("fvu", "l0", "effective_units", "rarity")
 
@@ -45,7 +45,7 @@ class OODAccumulator:
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
-        ic = image_codes(batch)
+        ic = batch.image_codes
         if not len(ic.images):
             return
         b = len(ic.images)

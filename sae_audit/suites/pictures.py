@@ -17,7 +17,7 @@ import io
 import torch
 
 from sae_audit.suites.base import SuiteBatch
-from sae_audit.suites.common import TopImages, image_codes
+from sae_audit.suites.common import TopImages
 
 THUMB_PX = 48
 
@@ -31,7 +31,7 @@ class PicturesAccumulator:
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
-        self.heap.add(image_codes(batch))
+        self.heap.add(batch.image_codes)
 
     def merge(self, other: "PicturesAccumulator") -> None:
         self.heap.merge(other.heap)

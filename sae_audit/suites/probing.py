@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from sae_audit.suites.base import SuiteBatch
-from sae_audit.suites.common import image_codes
 
 
 def held_out(images: np.ndarray, folds: int = 5) -> np.ndarray:
@@ -53,7 +52,7 @@ class ProbingAccumulator:
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
-        ic = image_codes(batch)
+        ic = batch.image_codes
         self.n_images += len(ic.images)
         keep = ic.labels >= 0
         if not keep.any():

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from sae_audit.suites.base import SuiteBatch
-from sae_audit.suites.common import ImageCodes, TopImages, image_codes, quantiles, rounded
+from sae_audit.suites.base import ImageCodes, SuiteBatch
+from sae_audit.suites.common import TopImages, quantiles, rounded
 
 
 class PurityAccumulator:
@@ -26,7 +26,7 @@ class PurityAccumulator:
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
-        ic = image_codes(batch)
+        ic = batch.image_codes
         self.n_images += len(ic.images)
         keep = ic.labels >= 0
         self.n_labelled += int(keep.sum())

@@ -48,7 +48,7 @@ TENSOR_NAME = "activations"
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
 
-#: Keys of ``meta.json`` that must match for ``--resume`` to continue a cache.
+#: Keys of ``meta.json`` that must match for a resumed run to continue a cache.
 IDENTITY_KEYS = ("model", "model_revision", "hook_point", "tokens", "image_size", "dtype", "d_in", "data")
 
 
@@ -69,7 +69,7 @@ def _disk_error(path: Path, exc: OSError) -> SaeAuditError:
     what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"writing failed ({exc})"
     return SaeAuditError(
         f"could not write {path}: {what}. Nothing half-written was kept; free some space and rerun "
-        "the same command with --resume to continue"
+        "the same command resuming (`resume`) to continue"
     )
 
 
@@ -114,7 +114,7 @@ def _shard_rows(path: Path, d_in: int, dtype: str) -> int:
     return int(shape[0])
 
 
-def write_activation_cache(
+def cache_activations(
     vm,
     hook_point,
     image_set,
@@ -157,9 +157,10 @@ def write_activation_cache(
     from sae_audit.train.stream import image_activations
 
     if dtype not in CACHE_DTYPES:
-        raise SaeAuditError(f"cache dtype {dtype!r} must be one of {', '.join(CACHE_DTYPES)}")
+        raise SaeAuditError(f"cache dtype {dtype!r} (`dtype`) must be one of {', '.join(CACHE_DTYPES)}",
+                            field="dtype")
     if shard_rows <= 0:
-        raise SaeAuditError("shard size must be a positive number of rows")
+        raise SaeAuditError("`shard_rows` must be a positive number of rows", field="shard_rows")
     out = Path(out_dir)
     data = dict(image_set.describe())
     data.update(data_spec or {})
@@ -169,7 +170,7 @@ def write_activation_cache(
         "data": json.loads(json.dumps(data)),
     }
     if out.exists() and not out.is_dir():
-        raise SaeAuditError(f"--out {out} exists and is a file")
+        raise SaeAuditError(f"`out` {out} exists and is a file; name a folder", field="out")
     if out.exists() and any(out.iterdir()):
         if resume and (out / META_NAME).exists():
             meta = _read_meta(out)
@@ -177,7 +178,7 @@ def write_activation_cache(
             if diff:
                 raise SaeAuditError(
                     f"cannot resume {out}: it caches something else ({', '.join(diff)} differ); "
-                    "pass the same model, hook, data and dtype, or a new --out"
+                    "pass the same model, hook, data and dtype, or a new `out`", field="resume"
                 )
             meta = _repair(out, meta)
             if meta["complete"]:
@@ -188,8 +189,9 @@ def write_activation_cache(
                     p.unlink()
             meta = None
         else:
-            hint = " (it is an activation cache: add --resume to continue it)" if (out / META_NAME).exists() else ""
-            raise SaeAuditError(f"output folder {out} already exists{hint}; pass --overwrite to replace it")
+            hint = " (it is an activation cache: add `resume` to continue it)" if (out / META_NAME).exists() else ""
+            raise SaeAuditError(f"output folder {out} already exists{hint}; pass `overwrite` to replace it",
+                                field="out")
     else:
         meta = None
     out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +300,7 @@ class ActivationCache:
         if not meta["complete"] and not allow_incomplete:
             raise SaeAuditError(
                 f"the activation cache {folder} is incomplete (interrupted); finish it with "
-                "`sae-audit cache ... --resume` first"
+                "'sae-audit cache ... --resume' first"
             )
         for s in meta["shards"]:
             p = folder / s["file"]

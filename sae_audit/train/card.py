@@ -14,14 +14,12 @@ def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: in
     metadata every plugin's ``sae_audit_card_metadata`` returns, merged.
 
     Raises:
-        sae_audit.plugins.PluginError: a plugin's metadata hook failed or conflicts.
+        sae_audit.plugin_manager.PluginError: a plugin's metadata hook failed or conflicts.
     """
     from huggingface_hub import ModelCardData
 
-    from sae_audit.plugins import get_plugin_manager
-
     # library_name, tags and base_model come from the built-in plugin; others add theirs.
-    meta = get_plugin_manager().card_metadata(config, dataset)
+    meta = plugin_card_metadata(config, dataset)
     # The whole config and the held-out numbers, so the card's metadata alone describes the SAE.
     meta["sae_config"] = config.to_dict()
     meta["metrics"] = {
@@ -72,3 +70,34 @@ def sae_card(config: SAEConfig, summary, train_cfg, dataset: dict, n_skipped: in
         lines += ["", f"Training took {seconds:.0f} s."]
     lines += ["", "Load it with `sae_audit.load_sae(PATH)`; the config is in `config.json`.", ""]
     return "\n".join(lines)
+
+
+def plugin_card_metadata(config, dataset: dict) -> dict:
+    """Merged model-card metadata from every ``sae_audit_card_metadata`` implementation.
+
+    Raises:
+        PluginError: an implementation raised, returned something other than a
+            dict or ``None``, or set a key another plugin set (names both).
+    """
+    from sae_audit.plugin_manager import PluginError, get_plugin_manager
+
+    manager = get_plugin_manager()
+    meta: dict = {}
+    owner: dict[str, str] = {}
+    for plugin, result in manager.call_each("sae_audit_card_metadata", config=config, dataset=dataset):
+        if result is None:
+            continue
+        if not isinstance(result, dict):
+            raise PluginError(f"{manager.who(plugin)}: sae_audit_card_metadata returned "
+                              f"{type(result).__name__}, expected a dict or None")
+        for key, value in result.items():
+            if key == "tags":
+                if not isinstance(value, list):
+                    raise PluginError(f"{manager.who(plugin)}: card metadata 'tags' must be a list")
+                meta.setdefault("tags", []).extend(t for t in value if t not in meta.get("tags", []))
+                continue
+            if key in meta:
+                raise PluginError(f"model-card metadata key {key!r} is set by both {manager.who(owner[key])} "
+                                  f"and {manager.who(plugin)}")
+            meta[key], owner[key] = value, plugin
+    return meta

@@ -101,7 +101,7 @@ class _Run:
         self.nmse_ema: float | None = None
 
 
-def train_saes(
+def fit_saes(
     configs: list[SAEConfig],
     chunks: Iterable[torch.Tensor],
     train: TrainConfig,

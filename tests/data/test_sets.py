@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 from sae_audit.data import (
-    NAMED_SETS,
     IdxSet,
     ImageFolderSet,
     Subset,
@@ -28,6 +27,10 @@ from sae_audit.data import (
 )
 from sae_audit.data.base import ImageSet
 from sae_audit.errors import SaeAuditError
+from sae_audit.plugin_manager import PluginManager, use_plugin_manager
+
+with use_plugin_manager(PluginManager(load_entry_points=False)):
+    NAMED_SETS = list_named_sets()  # the built-in named sets
 
 # --------------------------------------------------------------------------- #
 # helpers

@@ -12,7 +12,7 @@ from sae_audit.cli import main
 from sae_audit.data import open_image_set
 from sae_audit.errors import SaeAuditError
 from sae_audit.hookspecs import hookimpl
-from sae_audit.plugins import ENV_ALLOW, ENV_STRICT, PluginError, PluginManager
+from sae_audit.plugin_manager import ENV_ALLOW, ENV_STRICT, PluginError, PluginManager
 
 GOOD = '''
 from PIL import Image
@@ -99,7 +99,7 @@ def plugins_json(capsys, *args) -> dict:
 def test_broken_plugins_are_reported_and_the_cli_goes_on(plugin_site, monkeypatch, capsys, caplog):
     _install_zoo(plugin_site)
     monkeypatch.setenv(ENV_ALLOW, ZOO)
-    caplog.set_level(logging.WARNING, logger="sae_audit.plugins")
+    caplog.set_level(logging.WARNING, logger="sae_audit.plugin_manager")
     assert main(["sets"]) == 0
     out = capsys.readouterr().out
     assert "greys" in out and "six grey squares" in out and "fashion-mnist:test" in out
@@ -157,7 +157,7 @@ def test_allow_list_and_no_plugins(plugin_site, monkeypatch, capsys, caplog):
     info = plugins_json(capsys, "--no-plugins")
     assert [p["name"] for p in info["plugins"]] == ["builtin"] and info["failed"] == []
     assert main(["--no-plugins", "sets"]) == 0 and "greys" not in capsys.readouterr().out
-    caplog.set_level(logging.WARNING, logger="sae_audit.plugins")
+    caplog.set_level(logging.WARNING, logger="sae_audit.plugin_manager")
     monkeypatch.setenv(ENV_ALLOW, "good,gone")
     plugins_json(capsys)
     assert "SAE_AUDIT_LOAD_PLUGINS names 'gone', but no installed plugin has that name" in caplog.text

@@ -14,13 +14,16 @@ import torch
 import yaml
 from PIL import Image
 
-from sae_audit.audit import AuditConfig, AuditedSAE, run_audit, sae_hook_point
-from sae_audit.data import ImageSet, open_image_set
+from dataclasses import replace
+
+from sae_audit.audit import AuditedSAE, AuditSettings, audit_loaded, sae_hook_point
+from sae_audit.data import ImageOptions, ImageSet, open_image_set
 from sae_audit.errors import SaeAuditError
 from sae_audit.hookspecs import hookimpl
 from sae_audit.models import HookPoint, capture, load_vision_model, select_tokens
 from sae_audit.models.adapters import FamilyAdapter, TokenLayout
-from sae_audit.plugins import PluginError, PluginManager, ReportSection, use_plugin_manager
+from sae_audit.plugin_manager import PluginError, PluginManager, use_plugin_manager
+from sae_audit.report.plugin_sections import ReportSection
 from sae_audit.report import write_reports
 from sae_audit.sae import SAEConfig, TopKSAE, load_sae
 from sae_audit.suites.base import SuiteBatch
@@ -45,7 +48,7 @@ def audit_inputs(tiny_vm, tiny_sae_dir, tmp_path):
 
 def audit(inputs) -> dict:
     vm, saes, id_set, ood = inputs
-    return run_audit(vm, saes, id_set, ood, AuditConfig(batch_size=4), progress=False)
+    return audit_loaded(vm, saes, id_set, ood, AuditSettings(ImageOptions(batch_size=4)), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,7 @@ def results_doc(tiny_vm, tiny_sae_dir, tmp_path_factory):
         saes = [AuditedSAE(str(tiny_sae_dir), sae, sae_hook_point(sae), "tiny")]
         id_set = open_image_set(make_image_folder(root / "id", n_per_class=2))
         ood = open_image_set(make_image_folder(root / "ood", n_per_class=2, classes=("x", "y"), seed=3))
-        return run_audit(tiny_vm, saes, id_set, [ood], AuditConfig(batch_size=4), progress=False)
+        return audit_loaded(tiny_vm, saes, id_set, [ood], AuditSettings(ImageOptions(batch_size=4)), progress=False)
 
 
 # --------------------------------------------------------------------------- register hooks
@@ -108,7 +111,9 @@ def test_hook_sae_audit_register_model_adapters(sae_audit_plugins, tmp_path):
         ref = vm.model(pixel_values=pv, output_hidden_states=True).hidden_states[2]  # independent reference
     torch.testing.assert_close(acts, ref)
     assert select_tokens(acts, "patch", vm.layout).shape == (3, 16, 32)  # CLS and distillation dropped
-    assert "deit" in sae_audit_plugins.manager.model_adapters()
+    from sae_audit.models import model_adapters
+
+    assert "deit" in model_adapters()
 
 
 class NpzFormatPlugin:
@@ -148,7 +153,9 @@ def test_hook_sae_audit_register_sae_formats(sae_audit_plugins, tiny_sae_dir, tm
     a, b = native.encode(x), sae.encode(x)
     assert torch.equal(a.indices, b.indices)
     torch.testing.assert_close(sae.decode(b), native.decode(a))
-    assert [r.name for r in sae_audit_plugins.manager.sae_formats()] == ["native", "saelens", "saev", "sparsify", "npz"]
+    from sae_audit.sae.registry import sae_formats
+
+    assert [r.name for r in sae_formats()] == ["native", "saelens", "saev", "sparsify", "npz"]
 
 
 class SolidSet(ImageSet):
@@ -217,7 +224,9 @@ class SuitePlugin:
 
 def test_hook_sae_audit_register_suites(sae_audit_plugins, tiny_sae_dir):
     sae_audit_plugins.register(SuitePlugin(), "suite")
-    suites = sae_audit_plugins.manager.suites()
+    from sae_audit.suites import available_suites, suite_registrations
+
+    suites = {r.name: r for r in suite_registrations()}
     assert list(suites)[0] == "coverage" and list(suites)[-1] == "mean-l0"
     assert {"monosemanticity", "k-robustness", "ood-detection"} <= set(suites)
     sae = load_sae(tiny_sae_dir)
@@ -226,7 +235,7 @@ def test_hook_sae_audit_register_suites(sae_audit_plugins, tiny_sae_dir):
     batch = SuiteBatch(x, codes, sae.decode(codes), torch.arange(50), torch.full((50,), -1))
     from sae_audit.suites import SuiteContext
 
-    info = suites["mean-l0"].value
+    info = available_suites()["mean-l0"]
     assert info.description == "mean L0 per input" and not info.needs_labels
     a, b = info.factory(SuiteContext(sae)), info.factory(SuiteContext(sae))
     a.accumulate(batch)
@@ -352,10 +361,9 @@ class TimingWrapper:
     def sae_audit_audit_image_set(self, image_set, role):
         self.seen.append(("before", image_set.name, role))
         t0 = time.perf_counter()
-        accs, description = yield
-        self.seen.append(("after", image_set.name, len(accs)))
-        description["timed_seconds"] = time.perf_counter() - t0
-        return accs, description
+        result = yield
+        self.seen.append(("after", image_set.name, len(result.coverage)))
+        return replace(result, description={**result.description, "timed_seconds": time.perf_counter() - t0})
 
 
 def test_hook_sae_audit_audit_image_set(sae_audit_plugins, audit_inputs):

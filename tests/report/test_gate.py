@@ -10,7 +10,7 @@ import pytest
 
 from sae_audit.cli import main
 from sae_audit.errors import SaeAuditError
-from sae_audit.report.gate import evaluate, parse_condition
+from sae_audit.results.gate import evaluate, parse_condition
 from sae_audit.testing import make_image_folder
 
 

@@ -12,7 +12,7 @@ from markdown_it import MarkdownIt
 
 from sae_audit.cli import main
 from sae_audit.report import render_reports, write_reports
-from sae_audit.report.results import load_results
+from sae_audit.results.document import load_results
 from tests.report.conftest import EVIL_CLASS, EVIL_SAE, EVIL_SET
 from tests.report.htmlcheck import Page
 

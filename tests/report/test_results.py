@@ -12,8 +12,8 @@ import jsonschema
 import pytest
 
 from sae_audit.errors import SaeAuditError
-from sae_audit.report.metric_info import METRICS
-from sae_audit.report.results import (
+from sae_audit.results.metric_info import METRICS
+from sae_audit.results.document import (
     RESULTS_SCHEMA_VERSION,
     dataset_fingerprint,
     files_sha256,
@@ -30,7 +30,7 @@ def write(tmp_path, doc, name="results.json"):
 
 
 def test_schema_file_is_shipped_and_is_a_valid_draft_2020_12_schema():
-    text = resources.files("sae_audit.report").joinpath(f"schema/results-v{RESULTS_SCHEMA_VERSION}.json").read_text()
+    text = resources.files("sae_audit.results").joinpath(f"schema/results-v{RESULTS_SCHEMA_VERSION}.json").read_text()
     doc = json.loads(text)
     jsonschema.Draft202012Validator.check_schema(doc)
     assert doc == schema()
@@ -144,7 +144,7 @@ def test_older_schema_version_without_upgrade_path_says_why(results, tmp_path):
 
 
 def test_an_older_version_is_upgraded_through_the_registered_steps(results, tmp_path, monkeypatch):
-    from sae_audit.report import results as mod
+    from sae_audit.results import document as mod
 
     old = copy.deepcopy(results)
     old["schema_version"] = 0

@@ -8,7 +8,7 @@ import matplotlib
 import pytest
 from PIL import Image as PILImage
 
-from sae_audit.report import render_reports, view
+from sae_audit.report import render_reports, sections
 from sae_audit.report.view import Details, Figure, Gallery, Image, Section, Table
 from tests.report.test_render import check_structure, markdown_to_html
 from tests.report.htmlcheck import Page
@@ -39,7 +39,7 @@ def extra(results):
 
 @pytest.fixture()
 def with_extra(monkeypatch):
-    monkeypatch.setattr(view, "SECTION_BUILDERS", [extra])
+    monkeypatch.setattr(sections, "SECTION_BUILDERS", [extra])
 
 
 def test_an_extra_section_renders_in_both_reports(results, with_extra):
@@ -65,7 +65,7 @@ def test_duplicate_or_unsafe_figure_names_are_a_bug(results, monkeypatch):
     def bad(results):
         return [Section("x", "X", [Figure("../escape", "alt", lambda: None)])]
 
-    monkeypatch.setattr(view, "SECTION_BUILDERS", [bad])
+    monkeypatch.setattr(sections, "SECTION_BUILDERS", [bad])
     with pytest.raises(ValueError, match="plain file-name stem"):
         render_reports(results)
     matplotlib.pyplot.close("all")

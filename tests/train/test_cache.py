@@ -18,7 +18,7 @@ from sae_audit.cli import main
 from sae_audit.errors import SaeAuditError
 from sae_audit.testing import make_image_folder
 from sae_audit.train import cache as cache_mod
-from sae_audit.train.cache import ActivationCache, write_activation_cache
+from sae_audit.train.cache import ActivationCache, cache_activations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_cache_rows_equal_direct_capture_and_meta(vm, images, tmp_path):
     from sae_audit.models import HookPoint
 
     s = open_image_set(images)
-    out = write_activation_cache(vm, HookPoint(2, "patch"), s, tmp_path / "c", shard_rows=40, batch_size=3,
+    out = cache_activations(vm, HookPoint(2, "patch"), s, tmp_path / "c", shard_rows=40, batch_size=3,
                                  progress=False)
     cache = ActivationCache.open(out)
     per_image = (32 // 8) ** 2
@@ -78,7 +78,7 @@ def test_shuffled_reading_covers_every_row_once_with_bounded_memory(vm, images, 
     from sae_audit.data import open_image_set
     from sae_audit.models import HookPoint
 
-    out = write_activation_cache(vm, HookPoint(2, "cls"), open_image_set(images), tmp_path / "c", shard_rows=3,
+    out = cache_activations(vm, HookPoint(2, "cls"), open_image_set(images), tmp_path / "c", shard_rows=3,
                                  batch_size=3, progress=False)
     cache = ActivationCache.open(out)
     n_shards = len(cache.meta["shards"])
@@ -166,12 +166,12 @@ def test_full_disk_leaves_no_corrupt_shard_and_resume_completes(vm, images, tmp_
 
     monkeypatch.setattr(cache_mod, "save_file", filling_disk)
     with pytest.raises(SaeAuditError, match="disk is full"):
-        write_activation_cache(vm, hp, s, tmp_path / "c", shard_rows=40, batch_size=3, progress=False)
+        cache_activations(vm, hp, s, tmp_path / "c", shard_rows=40, batch_size=3, progress=False)
     assert not list((tmp_path / "c").glob("*.tmp"))
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert len(meta["shards"]) == 2 and not meta["complete"]
     monkeypatch.setattr(cache_mod, "save_file", real_save)
-    write_activation_cache(vm, hp, s, tmp_path / "c", shard_rows=40, batch_size=3, resume=True, progress=False)
+    cache_activations(vm, hp, s, tmp_path / "c", shard_rows=40, batch_size=3, resume=True, progress=False)
     torch.testing.assert_close(read_all(tmp_path / "c"), direct_rows(vm, s), atol=1e-5, rtol=1e-5)
 
 
@@ -180,13 +180,13 @@ def test_bad_cache_input(vm, images, tmp_path):
     from sae_audit.models import HookPoint
 
     s = open_image_set(images)
-    out = write_activation_cache(vm, HookPoint(2, "cls"), s, tmp_path / "c", shard_rows=8, progress=False)
+    out = cache_activations(vm, HookPoint(2, "cls"), s, tmp_path / "c", shard_rows=8, progress=False)
     with pytest.raises(SaeAuditError, match="already exists"):
-        write_activation_cache(vm, HookPoint(2, "cls"), s, out, progress=False)
+        cache_activations(vm, HookPoint(2, "cls"), s, out, progress=False)
     with pytest.raises(SaeAuditError, match="tokens differ"):
-        write_activation_cache(vm, HookPoint(2, "patch"), s, out, resume=True, progress=False)
+        cache_activations(vm, HookPoint(2, "patch"), s, out, resume=True, progress=False)
     with pytest.raises(SaeAuditError, match="cache dtype"):
-        write_activation_cache(vm, HookPoint(2, "cls"), s, tmp_path / "d", dtype="int8", progress=False)
+        cache_activations(vm, HookPoint(2, "cls"), s, tmp_path / "d", dtype="int8", progress=False)
     with pytest.raises(SaeAuditError, match="not an activation cache"):
         ActivationCache.open(tmp_path)
     # a shard swapped for one of another width is caught before any training
@@ -201,7 +201,7 @@ def test_bad_cache_input(vm, images, tmp_path):
     with pytest.raises(SaeAuditError, match="not a readable safetensors"):
         ActivationCache.open(out)
     # a half-precision cache reads back as float32
-    h = write_activation_cache(vm, HookPoint(2, "cls"), s, tmp_path / "h", dtype="bfloat16", progress=False)
+    h = cache_activations(vm, HookPoint(2, "cls"), s, tmp_path / "h", dtype="bfloat16", progress=False)
     rows = read_all(h)
     assert rows.dtype == torch.float32
     torch.testing.assert_close(rows, direct_rows(vm, s, "cls"), atol=0.05, rtol=0.02)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from sae_audit.cli import main
 from sae_audit.errors import SaeAuditError
 from sae_audit.sae import SAEConfig, load_sae
-from sae_audit.train import TrainConfig, train_saes
+from sae_audit.train import TrainConfig, fit_saes
 from sae_audit.train.cache import ActivationCache
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,13 +95,13 @@ def test_resume_refuses_other_settings_and_missing_or_pickled_checkpoints(cache_
     cfg = [SAEConfig(d_in=D, d_sae=64, k=4, dead_after=500)]
     cache = ActivationCache.open(cache_dir)
     train = TrainConfig(batch_size=32, max_vectors=2000, eval_vectors=500, checkpoint_every=10)
-    train_saes(cfg, cache.iter_chunks(seed=0), train, checkpoint_dir=out, progress=False)
+    fit_saes(cfg, cache.iter_chunks(seed=0), train, checkpoint_dir=out, progress=False)
     assert (out / "state.pt").is_file()
     other = TrainConfig(batch_size=32, max_vectors=2000, eval_vectors=500, lr=5e-4)
     with pytest.raises(SaeAuditError, match="other training settings"):
-        train_saes(cfg, cache.iter_chunks(seed=0), other, checkpoint_dir=out, resume=True, progress=False)
+        fit_saes(cfg, cache.iter_chunks(seed=0), other, checkpoint_dir=out, resume=True, progress=False)
     with pytest.raises(SaeAuditError, match="other SAE configs"):
-        train_saes([SAEConfig(d_in=D, d_sae=64, k=5, dead_after=500)], cache.iter_chunks(seed=0), train,
+        fit_saes([SAEConfig(d_in=D, d_sae=64, k=5, dead_after=500)], cache.iter_chunks(seed=0), train,
                    checkpoint_dir=out, resume=True, progress=False)
 
     class Boom:
@@ -110,7 +110,7 @@ def test_resume_refuses_other_settings_and_missing_or_pickled_checkpoints(cache_
 
     torch.save({"schema_version": 1, "x": Boom()}, out / "state.pt")
     with pytest.raises(SaeAuditError, match="not a readable sae-audit checkpoint"):
-        train_saes(cfg, cache.iter_chunks(seed=0), train, checkpoint_dir=out, resume=True, progress=False)
+        fit_saes(cfg, cache.iter_chunks(seed=0), train, checkpoint_dir=out, resume=True, progress=False)
 
 
 def test_train_cli_from_cache_checks_its_arguments(cache_dir, tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_bf16_autocast_trains_and_keeps_float32_parameters(cache_dir):
     res = {}
     for precision in ("float32", "bf16"):
         train = TrainConfig(batch_size=64, max_vectors=12_000, eval_vectors=2000, precision=precision)
-        (sae, summary), = train_saes(cfg, cache.iter_chunks(seed=0), train, progress=False)
+        (sae, summary), = fit_saes(cfg, cache.iter_chunks(seed=0), train, progress=False)
         assert sae.W_enc.dtype == torch.float32
         res[precision] = summary.eval_fvu
     assert res["bf16"] < 0.6 and abs(res["bf16"] - res["float32"]) < 0.1, res

@@ -17,7 +17,7 @@ from scipy import ndimage
 from sae_audit.cli import main
 from sae_audit.data import open_image_set
 from sae_audit.errors import SaeAuditError
-from sae_audit.plugins import PluginManager, use_plugin_manager
+from sae_audit.plugin_manager import PluginManager, use_plugin_manager
 from sae_audit_corruptions import CORRUPTIONS, CorruptedSet, corrupt, parse_spec
 
 
@@ -44,7 +44,9 @@ def test_the_installed_plugin_is_discovered_through_its_entry_point(installed):
     assert p.hooks == ["sae_audit_register_commands", "sae_audit_register_image_sets",
                        "sae_audit_register_report_sections"]
     assert installed.failures == []
-    assert installed.image_sets()["corrupt"].family
+    from sae_audit.data.registry import image_sets
+
+    assert image_sets()["corrupt"].value.family
 
 
 def clipped_normal_std(mu: float, sigma: float) -> float:

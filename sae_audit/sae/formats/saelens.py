@@ -128,12 +128,3 @@ def read(folder: Path):
             sae.b_enc.mul_(norms)
             sae.W_dec.div_(norms[:, None])
     return sae
-
-
-def _reader():
-    from sae_audit.sae.io import FormatReader
-
-    return FormatReader("saelens", detect, read)
-
-
-READER = _reader()

@@ -105,12 +105,3 @@ def read(folder: Path):
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SaeAuditError(f"{path}: the weights after the header are not a tensor state dict")
     return sae_from_tensors(config, dict(state), path)
-
-
-def _reader():
-    from sae_audit.sae.io import FormatReader
-
-    return FormatReader("saev", detect, read)
-
-
-READER = _reader()

@@ -58,12 +58,3 @@ def read(folder: Path):
         tensors["b_enc"] = tensors.pop("encoder.bias")
     config = SAEConfig(d_in=d_in, d_sae=int(d_sae), k=k, hook_point=hook_from_name(folder.name))
     return sae_from_tensors(config, tensors, folder / WEIGHTS_NAME)
-
-
-def _reader():
-    from sae_audit.sae.io import FormatReader
-
-    return FormatReader("sparsify", detect, read)
-
-
-READER = _reader()

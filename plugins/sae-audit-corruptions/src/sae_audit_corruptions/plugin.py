@@ -44,7 +44,7 @@ def _fmt(v, pct: bool = False) -> str:
 
 def severity_section(results: dict):
     """The "Corruption severity" report section, or ``None`` when no OOD set is a corrupted one."""
-    from sae_audit.plugins import ReportSection
+    from sae_audit.report.plugin_sections import ReportSection
 
     corrupted = []
     for d in results.get("datasets", []):

@@ -16,7 +16,7 @@ Top level (schema version 1)::
     plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
     extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
-The JSON Schema is shipped in the package: ``sae_audit/report/schema/results-v1.json``
+The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v1.json``
 (:func:`schema`). Every renderer reads this document alone.
 """
 
@@ -26,7 +26,6 @@ import datetime as _dt
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 
 from sae_audit.errors import SaeAuditError
@@ -160,7 +159,7 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict, pl
     ``plugins`` defaults to every plugin loaded in the process-wide plugin manager.
     """
     from sae_audit import __version__
-    from sae_audit.report.metric_info import metrics_table
+    from sae_audit.results.metric_info import metrics_table
 
     return {
         "schema_version": RESULTS_SCHEMA_VERSION,
@@ -186,32 +185,9 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict, pl
 
 
 def _loaded_plugins() -> list[dict]:
-    from sae_audit.plugins import get_plugin_manager
+    from sae_audit.plugin_manager import get_plugin_manager
 
     return get_plugin_manager().provenance()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename.
-
-    A crash or error half-way leaves the previous file (if any) untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def dump_results(results: dict) -> str:
@@ -222,7 +198,7 @@ def schema(version: int = RESULTS_SCHEMA_VERSION) -> dict:
     """The JSON Schema of results documents of ``version`` (shipped in the package)."""
     from importlib import resources
 
-    text = resources.files("sae_audit.report").joinpath(f"schema/results-v{version}.json").read_text("utf-8")
+    text = resources.files("sae_audit.results").joinpath(f"schema/results-v{version}.json").read_text("utf-8")
     return json.loads(text)
 
 
@@ -299,7 +275,7 @@ def upgrade_results(data: dict, where: str = "results") -> dict:
         data = step(data)  # type: ignore[operator]
         version = data["schema_version"]
     if "metrics" not in data:
-        from sae_audit.report.metric_info import metrics_table
+        from sae_audit.results.metric_info import metrics_table
 
         data["metrics"] = metrics_table()
     return data

