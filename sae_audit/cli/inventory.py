@@ -24,7 +24,7 @@ def configure(sub, show_help) -> None:
     imp.add_argument("--onnx", metavar="PATH", help="the .onnx file (default: found in the installed wheel)")
     imp.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
     imp.add_argument("-q", "--quiet", action="store_true", help="no messages but errors")
-    imp.set_defaults(func=cmd_import_imgfocus)
+    imp.set_defaults(func=cmd_import_imgfocus, flags={"out_dir": "OUT_DIR", "overwrite": "--overwrite"})
     models.set_defaults(func=lambda args: show_help(models))
 
     sets = sub.add_parser("sets", help="list the named image sets", description="List the named image sets.")

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.outputs import check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -406,15 +407,6 @@ backbone output under onnxruntime on a real photo.
 """
 
 
-def _prepare_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise SaeAuditError(f"{out} exists and is not a folder; choose another output folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise SaeAuditError(
-            f"{out} already exists and is not empty; pass overwrite=True (--overwrite) to replace it"
-        )
-
-
 def import_imgfocus(
     out_dir: str | Path, onnx_path: str | Path | None = None, overwrite: bool = False
 ) -> Path:
@@ -428,7 +420,7 @@ def import_imgfocus(
     """
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser().absolute()
-    _prepare_out_dir(out, overwrite)
+    check_out_dir(out, overwrite, field="out_dir")
 
     model_proto, path = _load_graph(onnx_path)
     log.info("reading %s", path)
@@ -466,7 +458,7 @@ def import_imgfocus(
         (tmp / "README.md").write_text(_model_card(cfg, n_params, path), encoding="utf-8")
         if not (tmp / "model.safetensors").is_file():
             raise RuntimeError(f"save_pretrained wrote no model.safetensors in {tmp}")
-        _prepare_out_dir(out, overwrite)  # re-check: another process may have written meanwhile
+        check_out_dir(out, overwrite, field="out_dir")  # re-check: another process may have written meanwhile
         if out.is_dir():
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             out.rename(old)
