@@ -92,15 +92,6 @@ def reconstruction_bars(results: dict):
     return fig
 
 
-def to_svg(fig) -> str:
-    """The figure as an inline ``<svg>`` string (closes the figure)."""
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
-    plt.close(fig)
-    text = buf.getvalue()
-    return text[text.index("<svg"):]
-
-
 def to_png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
