@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -134,6 +135,15 @@ class AuditRequest:
             raise SaeAuditError(f"`tokens` must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}",
                                 field="tokens")
         self.conditions()  # a typo fails here, before any work
+
+    def input_paths(self) -> list[str]:
+        """The local files and folders this audit reads (model, SAEs, image sets, judge): outputs must not hold them."""
+        names = [self.model.name, *self.saes, self.id_set, *self.ood_sets, self.judge]
+        return [n for n in names if n is not None and os.path.lexists(os.path.expanduser(n))]
+
+    def image_folders(self) -> list[str]:
+        """The image-set folders this audit reads (outputs must not lie inside them)."""
+        return [n for n in (self.id_set, *self.ood_sets) if os.path.isdir(os.path.expanduser(n))]
 
     def conditions(self) -> list[Condition]:
         """The parsed ``fail_on`` conditions (:func:`sae_audit.results.gate.parse_condition`)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sae_audit.cli import main
+from sae_audit.outputs import MANIFEST
 from sae_audit.testing import make_image_folder, make_tiny_sae_dir
 
 
@@ -60,7 +61,7 @@ def test_train_then_audit_the_trained_sae(tiny_model_dir, tiny_image_folder, ood
                    "--k", "4", "--expansion", "2", "--l1-l2-ratio", "0", "0.05", "--max-vectors", "128",
                    "--eval-vectors", "32", "--sae-batch-size", "32", "--out", sae_out, "--device", "cpu", "-q")
     assert code == 0
-    folders = sorted(p.name for p in sae_out.iterdir())
+    folders = sorted(p.name for p in sae_out.iterdir() if p.name != MANIFEST)
     assert folders == ["k4-off0-ratio0", "k4-off0-ratio0.05"]
     cfg = json.loads((sae_out / folders[1] / "config.json").read_text())
     assert cfg["lambda_ratio"] == 0.05 and cfg["hook_point"] == "block.1" and cfg["d_sae"] == 64
@@ -160,7 +161,7 @@ def test_failed_render_keeps_previous_report(tiny_model_dir, tiny_sae_dir, tiny_
     assert code == 3
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # nothing half-written, nothing lost
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != MANIFEST]
 
 
 def test_help_and_usage_errors(capsys):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sae_audit.cli.common import info
 from sae_audit.errors import SaeAuditError
-from sae_audit.outputs import atomic_write_text, check_out_dir
+from sae_audit.outputs import atomic_write_text
 
 EXIT_OK = 0
 
@@ -67,8 +67,9 @@ def cmd_report_render(args) -> int:
     if bad or not formats:
         raise SaeAuditError(f"--format takes md and/or html, got {args.format!r}")
     results = load_results(args.results)
-    out = check_out_dir(args.out, args.overwrite)
-    for p in write_reports(results, out, formats=formats, write_json=False):
+    inside = Path(args.out).resolve() in Path(args.results).resolve().parents
+    for p in write_reports(results, args.out, formats=formats, write_json=False, overwrite=args.overwrite,
+                           inputs=[args.results], keep=[args.results] if inside else []):
         info(args, f"wrote {p}")
     return EXIT_OK
 
@@ -85,6 +86,8 @@ def cmd_report_diff(args) -> int:
         out = Path(args.out)
         if out.is_dir():
             raise SaeAuditError(f"--out {out} is a folder; pass a file name such as {out / 'diff.md'}")
+        if any(os.path.realpath(out) == os.path.realpath(p) for p in (args.a, args.b)):
+            raise SaeAuditError(f"--out {out} is one of the results files being compared; name another file")
         atomic_write_text(out, text)
         info(args, f"wrote {out}")
     else:

@@ -20,8 +20,8 @@ from sae_audit.cli.common import (
     model_spec,
 )
 from sae_audit.errors import SaeAuditError
-from sae_audit.outputs import check_out_dir
-from sae_audit.report import write_reports
+from sae_audit.outputs import OutputFolder
+from sae_audit.report import report_files, write_files
 from sae_audit.report.sections import verdict
 from sae_audit.results.gate import evaluate
 from sae_audit.suites import available_suites
@@ -80,10 +80,13 @@ def cmd_run(args) -> int:
             raise SaeAuditError(f"the per-latent table {path} needs the {suffix} suffix")
         if path and Path(path).exists() and not args.overwrite:
             raise SaeAuditError(f"{path} already exists; pass --overwrite to replace it")
-    out = check_out_dir(args.out, args.overwrite)
-    results = run_audit(request, progress=not args.quiet)
-    results["provenance"]["command"] = shlex.join(["sae-audit", *map(str, getattr(args, "argv", []) or [])])
-    paths = write_reports(results, out)
+    with OutputFolder(args.out, overwrite=args.overwrite, inputs=request.input_paths(),
+                      image_folders=request.image_folders()) as folder:  # checked and locked before any work
+        results = run_audit(request, progress=not args.quiet)
+        results["provenance"]["command"] = shlex.join(["sae-audit", *map(str, getattr(args, "argv", []) or [])])
+        write_files(folder.stage(), report_files(results))
+        paths = folder.commit()
+    out = folder.path
     for path in (args.latents_csv, args.latents_parquet):
         if path:
             from sae_audit.suites.latents import latent_table, write_latent_table

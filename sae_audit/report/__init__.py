@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sae_audit.outputs import atomic_write_bytes, atomic_write_text
+from sae_audit.outputs import OutputFolder
 from sae_audit.results.document import dump_results, load_results, validate_results
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -45,34 +45,51 @@ def render_reports(results: dict, formats=("md", "html")) -> dict[str, str | byt
     return outputs
 
 
-def write_reports(results: dict, out_dir: Path, formats=("md", "html"), write_json: bool = True) -> list[Path]:
-    """Write ``results.json`` (optional), ``report.md`` (+ ``figures/*.png``) and ``report.html``.
-
-    Everything is rendered in memory first; then every file is written under
-    a temporary name and renamed into place, so a failure never leaves a
-    half-written report over a good one.
-    """
-    out_dir = Path(out_dir)
+def report_files(results: dict, formats=("md", "html"), write_json: bool = True) -> dict[str, str | bytes]:
+    """Everything a report folder holds, rendered in memory: ``{relative path: content}``
+    (``results.json`` when ``write_json``, then :func:`render_reports`)."""
     outputs: dict[str, str | bytes] = {}
     if write_json:
         outputs["results.json"] = dump_results(results)
     outputs.update(render_reports(results, formats))
-    written = []
+    return outputs
+
+
+def write_files(folder: Path, outputs: dict[str, str | bytes]) -> None:
+    """Write ``{relative path: content}`` under ``folder`` (a staging folder: plain writes)."""
     for rel, content in outputs.items():
-        path = out_dir / rel
-        if isinstance(content, bytes):
-            atomic_write_bytes(path, content)
-        else:
-            atomic_write_text(path, content)
-        written.append(path)
-    if "md" in formats:
-        # Figures of an earlier report in this folder that this one does not
-        # reference (e.g. it had more SAEs) would only mislead a reader.
-        for stale in sorted((out_dir / "figures").glob("*.png")):
-            if stale not in written:
-                stale.unlink()
-    return written
+        path = Path(folder) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+        path.chmod(0o644)
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "dump_results", "load_results", "render_reports",
-           "validate_results", "write_reports"]
+def write_reports(results: dict, out_dir: str | Path, formats=("md", "html"), write_json: bool = True,
+                  overwrite: bool = True, inputs=(), keep=()) -> list[Path]:
+    """Write ``results.json`` (optional), ``report.md`` (+ ``figures/*.png``) and ``report.html`` to ``out_dir``.
+
+    Everything is rendered in memory first, written into a staging folder and
+    swapped in as a whole (:class:`sae_audit.outputs.OutputFolder`): a failure
+    or a kill leaves the previous report complete, and only files an earlier
+    sae-audit run wrote there are replaced (figures it no longer uses are
+    dropped; anything else in the folder is kept).
+
+    Args:
+        overwrite: allow replacing an earlier sae-audit output in ``out_dir``.
+        inputs: paths the report was made from (``out_dir`` may not contain them...
+        keep: ...unless listed here: files inside ``out_dir`` that stay, e.g. the
+            ``results.json`` a report is re-rendered from in place).
+
+    Raises:
+        SaeAuditError: the folder checks of :func:`sae_audit.outputs.check_out_dir`,
+            another process writing the folder, or a file in the way that
+            sae-audit did not write.
+    """
+    outputs = report_files(results, formats, write_json)
+    with OutputFolder(out_dir, overwrite=overwrite, inputs=inputs, keep=keep) as folder:
+        write_files(folder.stage(), outputs)
+        return folder.commit()
+
+
+__all__ = ["dump_results", "load_results", "render_reports", "report_files", "validate_results", "write_files",
+           "write_reports"]

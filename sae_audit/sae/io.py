@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.outputs import OutputFolder
 from sae_audit.sae.config import SAEConfig
 from sae_audit.sae.registry import read_sae_folder, sae_formats
 from sae_audit.sae.topk import TopKSAE
@@ -37,37 +36,41 @@ WEIGHTS_NAME = "model.safetensors"
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
-def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
-    """Write ``sae`` to ``out_dir`` in the native format, atomically.
+def write_sae_files(sae: TopKSAE, folder: str | os.PathLike, readme: str | None = None) -> Path:
+    """Write the native files of ``sae`` (``config.json``, ``model.safetensors``, optional ``README.md``)
+    into ``folder`` (created if missing), as they are: the caller stages and swaps (:func:`save_sae`)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o755)  # an SAE folder is meant to be shared
+    (folder / CONFIG_NAME).write_text(sae.config.to_json() + "\n")
+    names = PARAM_NAMES + (("threshold",) if hasattr(sae, "threshold") else ())
+    tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in names}
+    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "sae-audit"})
+    if readme is not None:
+        (folder / "README.md").write_text(readme)
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(0o644)
+    return folder
 
-    The folder is written under a temporary name beside ``out_dir`` and renamed
-    into place, so an interrupted save never leaves a half-written SAE.
+
+def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``sae`` to ``out_dir`` in the native format, as a whole.
+
+    The files are written into a staging folder and swapped in
+    (:class:`sae_audit.outputs.OutputFolder`), so an interrupted save never
+    leaves a half-written SAE, and ``overwrite`` replaces only files an earlier
+    sae-audit save wrote there.
 
     Raises:
-        SaeAuditError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
+        SaeAuditError: ``out_dir`` exists and is not empty and ``overwrite`` is
+            false, another process writes it, or a file in the way was not written
+            by sae-audit.
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SaeAuditError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / CONFIG_NAME).write_text(sae.config.to_json() + "\n")
-        names = PARAM_NAMES + (("threshold",) if hasattr(sae, "threshold") else ())
-        tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in names}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "sae-audit"})
-        if readme is not None:
-            (tmp / "README.md").write_text(readme)
-        tmp.chmod(0o755)  # mkdtemp makes it private; an SAE folder is meant to be shared
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    with OutputFolder(out_dir, overwrite=overwrite) as folder:
+        write_sae_files(sae, folder.stage(), readme)
+        folder.commit()
+    return Path(out_dir)
 
 
 def detect_native(folder: Path) -> bool:

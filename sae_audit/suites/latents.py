@@ -11,13 +11,13 @@ in the coverage comparison). Exported with pandas as CSV or Parquet.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.outputs import atomic_write_bytes, check_target_file
 
 
 def latent_table(results: dict) -> pd.DataFrame:
@@ -48,30 +48,23 @@ def latent_table(results: dict) -> pd.DataFrame:
 
 
 def write_latent_table(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write ``table`` to ``path`` (``.csv`` or ``.parquet``) through a temporary file and a rename.
+    """Write ``table`` to ``path`` (``.csv`` or ``.parquet``) atomically (:func:`sae_audit.outputs.atomic_write_bytes`).
 
     Raises:
-        SaeAuditError: another suffix, or Parquet without pyarrow/fastparquet installed.
+        SaeAuditError: another suffix, a path that is not a regular file, or Parquet without
+            pyarrow/fastparquet installed.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".parquet"):
         raise SaeAuditError(f"latent table {path}: use a .csv or .parquet file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        if suffix == ".csv":
-            table.to_csv(tmp, index=False)
-        else:
-            try:
-                table.to_parquet(tmp, index=False)
-            except ImportError as exc:
-                raise SaeAuditError(
-                    f"writing Parquet needs pyarrow (pip install 'sae-audit[parquet]'): {exc}"
-                ) from None
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    check_target_file(path, field="latents")
+    if suffix == ".csv":
+        data = table.to_csv(index=False).encode("utf-8")
+    else:
+        try:
+            data = table.to_parquet(index=False)
+        except ImportError as exc:
+            raise SaeAuditError(f"writing Parquet needs pyarrow (pip install 'sae-audit[parquet]'): {exc}") from None
+    atomic_write_bytes(path, data, field="latents")
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,9 @@ from sae_audit.models import HookPoint, ModelSpec, load_model
 from sae_audit.models.loading import resolve_device
 from sae_audit.models.hookpoint import TOKEN_SETS
 from sae_audit.options import option
-from sae_audit.outputs import check_out_dir
-from sae_audit.sae import SAEConfig, save_sae
+from sae_audit.outputs import OutputFolder
+from sae_audit.sae import SAEConfig
+from sae_audit.sae.io import write_sae_files
 from sae_audit.train.cache import CACHE_DTYPES, ActivationCache, cache_activations
 from sae_audit.train.card import sae_card
 from sae_audit.train.stream import image_activations
@@ -121,6 +123,11 @@ class TrainRequest:
             raise SaeAuditError("training needs MODEL, `hook` and `data` (or an activation cache: `cache` DIR)",
                                 field="data")
 
+    def input_paths(self) -> list[str]:
+        """The local files and folders this run reads (model, image set, cache): ``out`` must not hold them."""
+        names = [self.model.name if self.model else None, self.data, self.cache]
+        return [n for n in names if n is not None and os.path.lexists(os.path.expanduser(n))]
+
     def grid(self) -> list[tuple[int, float, float]]:
         """Every ``(k, lambda_off, lambda_ratio)`` combination, in order, without repeats."""
         return [(k, off, ratio) for k in dict.fromkeys(self.k) for off in dict.fromkeys(self.l1_off)
@@ -162,11 +169,18 @@ def train_saes(request: TrainRequest, progress: bool = True) -> list[TrainedSAE]
     """
     out = Path(request.out)
     ckpt_dir = out / CHECKPOINT_DIR
-    if request.resume:
-        if not (ckpt_dir / "state.pt").is_file():
-            raise SaeAuditError(f"`resume`: no checkpoint in {ckpt_dir}; start without resuming", field="resume")
-    else:
-        check_out_dir(out, request.overwrite)
+    if request.resume and not (ckpt_dir / "state.pt").is_file():
+        raise SaeAuditError(f"`resume`: no checkpoint in {ckpt_dir}; start without resuming", field="resume")
+    images = [request.data] if request.data and os.path.isdir(request.data) else []
+    with OutputFolder(out, overwrite=request.overwrite or request.resume, inputs=request.input_paths(),
+                      image_folders=images) as folder:
+        written = _train(request, folder, ckpt_dir, progress)
+    if ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    return written
+
+
+def _train(request: TrainRequest, folder: OutputFolder, ckpt_dir: Path, progress: bool) -> list[TrainedSAE]:
     if request.cache is not None:
         cache = ActivationCache.open(request.cache)
         meta = cache.meta
@@ -208,15 +222,15 @@ def train_saes(request: TrainRequest, progress: bool = True) -> list[TrainedSAE]
                        checkpoint_dir=ckpt_dir if (optim.checkpoint_every or request.resume) else None,
                        resume=request.resume)
     seconds = time.perf_counter() - t0
-    written = []
+    stage = folder.stage()
+    placed = []
     for sae, summary in trained:
-        target = out if len(trained) == 1 else out / sae_name(sae.config)
+        name = "" if len(trained) == 1 else sae_name(sae.config)
         card = sae_card(sae.config, summary, optim, data_desc, n_skipped=skipped_of(), seconds=seconds)
-        save_sae(sae, target, readme=card, overwrite=True)
-        written.append(TrainedSAE(target, sae, summary))
-    if ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    return written
+        write_sae_files(sae, stage / name if name else stage, readme=card)
+        placed.append((name, sae, summary))
+    folder.commit()
+    return [TrainedSAE(folder.path / name if name else folder.path, sae, summary) for name, sae, summary in placed]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,13 +272,18 @@ def write_activation_cache(request: CacheRequest, progress: bool = True) -> Acti
     """
     hook = HookPoint.parse(request.hook, request.tokens)
     images = request.images
-    image_set = open_image_set(request.data, images.max_images, images.seed)
-    vm = load_model(request.model)
-    vm.check_hook_point(hook)
-    path = cache_activations(
-        vm, hook, image_set, request.out, shard_rows=request.shard_rows, dtype=request.dtype,
-        batch_size=images.batch_size, resume=request.resume, overwrite=request.overwrite, strict=images.strict,
-        data_spec={"spec": request.data, "max_images": images.max_images, "seed": images.seed},
-        progress=progress,
-    )
+    inputs = [n for n in (request.model.name, request.data) if os.path.lexists(os.path.expanduser(n))]
+    folders = [request.data] if os.path.isdir(request.data) else []
+    # The cache writes its shards in place (resumable); the folder is checked and locked for the run, and an
+    # overwrite removes only the cache's own files (meta.json, shards).
+    with OutputFolder(request.out, overwrite=True, inputs=inputs, image_folders=folders):
+        image_set = open_image_set(request.data, images.max_images, images.seed)
+        vm = load_model(request.model)
+        vm.check_hook_point(hook)
+        path = cache_activations(
+            vm, hook, image_set, request.out, shard_rows=request.shard_rows, dtype=request.dtype,
+            batch_size=images.batch_size, resume=request.resume, overwrite=request.overwrite, strict=images.strict,
+            data_spec={"spec": request.data, "max_images": images.max_images, "seed": images.seed},
+            progress=progress,
+        )
     return ActivationCache.open(path)

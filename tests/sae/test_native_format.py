@@ -43,7 +43,7 @@ def test_round_trip_is_exact_and_files_are_shareable(tmp_path):
 
 def test_existing_folder_needs_overwrite(tmp_path):
     _, folder = trained_like(tmp_path)
-    with pytest.raises(SaeAuditError, match="--overwrite"):
+    with pytest.raises(SaeAuditError, match="`overwrite`"):  # library errors name parameters, not flags
         save_sae(TopKSAE(SAEConfig(d_in=6, d_sae=12, k=3)), folder)
     assert load_sae(folder).config.hook_point == "block.1"  # untouched
 
