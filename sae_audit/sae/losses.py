@@ -34,23 +34,6 @@ def normalised_mse(x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor) -> 
     return num / den
 
 
-def selection_mask(indices: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """``[B, d_sae]`` bool, True where latent j is in the Top-k set S_i of input i."""
-    mask = torch.zeros(indices.shape[0], d_sae, dtype=torch.bool, device=indices.device)
-    return mask.scatter_(1, indices, True)
-
-
-def batch_active(indices: torch.Tensor) -> torch.Tensor:
-    """The batch-active set A: sorted unique latents selected by at least one input.
-
-    Args:
-        indices: ``[B, k]`` int64 Top-k indices.
-    Returns:
-        ``[|A|]`` int64.
-    """
-    return torch.unique(indices)
-
-
 def _active_relu(pre_acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``relu(h)`` with every column outside the batch-active set A zeroed: ``[B, d_sae]``.
 

@@ -25,10 +25,6 @@ STATE_NAME = "state.pt"
 CHECKPOINT_SCHEMA_VERSION = 1
 
 
-def checkpoint_exists(folder) -> bool:
-    return folder is not None and (Path(folder) / STATE_NAME).is_file()
-
-
 def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
     """Write the state of every run in ``runs`` after ``step`` steps (atomically).
 
