@@ -190,10 +190,11 @@ class TopKSAE(nn.Module):
     def save_pretrained(self, out_dir, readme: str | None = None, overwrite: bool = False, metrics: dict | None = None):
         """Save in the native folder format (see :func:`sae_audit.sae.io.save_sae`).
 
-        Writes a model card (README.md) with the config and ``metrics`` as YAML
-        metadata (:func:`sae_audit.sae.hub.model_card`) unless ``readme`` is given.
+        Writes a model card (README.md) with the plugins' card metadata, the config
+        and ``metrics`` as YAML metadata (:func:`sae_audit.sae.card.model_card`, as
+        ``sae-audit train`` does) unless ``readme`` is given.
         """
-        from sae_audit.sae.hub import model_card
+        from sae_audit.sae.card import model_card
         from sae_audit.sae.io import save_sae
 
         return save_sae(self, out_dir, readme=readme if readme is not None else model_card(self.config, metrics),
