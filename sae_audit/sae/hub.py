@@ -1,6 +1,7 @@
 """Moving SAEs through the Hugging Face hub: ``push_to_hub`` and pinned loading.
 
-- :func:`push_to_hub`: save the SAE in the native format with its model card
+- :func:`push_to_hub` (also :meth:`SAE.push_to_hub <sae_audit.sae.base.SAE.push_to_hub>`):
+  save the SAE in the native format with its model card
   (:func:`sae_audit.sae.card.model_card`, the card ``save_pretrained`` and
   ``sae-audit train`` write too) to a temporary folder and upload it with
   ``HfApi.upload_folder`` to ``repo_id`` (optionally under ``subfolder``,
@@ -40,12 +41,13 @@ def push_to_hub(
     """Upload ``sae`` (native format + model card) to the hub repository ``repo_id``.
 
     Args:
-        sae: a :class:`~sae_audit.sae.TopKSAE` (or any SAE class sharing its interface).
+        sae: any :class:`~sae_audit.sae.SAE`.
         repo_id: ``org/name``; created (as a model repository) when missing.
         subfolder: path inside the repository (several SAEs can share one repository).
         create_pr: open a pull request instead of committing to ``revision``.
         metrics: numbers for the card's metadata (ignored when ``card`` is given).
-        card: the whole README.md text; default :func:`sae_audit.sae.card.model_card`.
+        card: the whole README.md text; default ``sae.model_card(metrics)``
+            (:func:`sae_audit.sae.card.model_card`).
         revision: branch to commit to (default the main branch).
         api: an object with ``create_repo`` and ``upload_folder`` like
             ``huggingface_hub.HfApi`` (default ``HfApi(token=token)``).
@@ -56,9 +58,6 @@ def push_to_hub(
             (no token, no permission, no network).
         sae_audit.plugins.PluginError: a plugin's card-metadata hook failed.
     """
-    from sae_audit.sae.card import model_card
-    from sae_audit.sae.io import save_sae
-
     if not _REPO_ID_RE.match(repo_id or ""):
         raise SaeAuditError(f"repo_id {repo_id!r} must look like 'org/name'")
     if subfolder is not None:
@@ -69,11 +68,11 @@ def push_to_hub(
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    text = card if card is not None else model_card(sae.config, metrics)
+    text = card if card is not None else sae.model_card(metrics)
     from huggingface_hub.errors import HfHubHTTPError
 
     with tempfile.TemporaryDirectory(prefix="sae-audit-push-") as tmp:
-        folder = save_sae(sae, Path(tmp) / "sae", readme=text)
+        folder = sae.write_folder(Path(tmp) / "sae", readme=text)
         try:
             api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
             return api.upload_folder(

@@ -7,7 +7,10 @@ Native format (schema version in ``config.json``)::
                            lambdas, hook point, token set, model, normalisation,
                            schema_version)
       model.safetensors    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], float32
-      README.md            optional model card written by training
+                           (+ threshold [d_sae] for jumprelu)
+      README.md            model card (sae_audit.sae.card), optional for save_sae
+
+Writing is :meth:`sae_audit.sae.base.SAE.write_folder`.
 
 Readers for other formats plug in through :data:`FORMAT_READERS`: each is a
 ``(name, detect(folder) -> bool, read(folder) -> TopKSAE)`` triple. The
@@ -20,23 +23,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.sae.base import CONFIG_NAME, SAE, WEIGHTS_NAME
 from sae_audit.sae.config import SAEConfig
 from sae_audit.sae.topk import TopKSAE
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
 class FormatReader(NamedTuple):
@@ -45,37 +43,15 @@ class FormatReader(NamedTuple):
     read: Callable[[Path], TopKSAE]
 
 
-def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
-    """Write ``sae`` to ``out_dir`` in the native format, atomically.
+def save_sae(sae: SAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``sae`` to ``out_dir`` in the native format, atomically (:meth:`SAE.write_folder`).
 
-    The folder is written under a temporary name beside ``out_dir`` and renamed
-    into place, so an interrupted save never leaves a half-written SAE.
+    Unlike :meth:`SAE.save_pretrained`, no model card is written unless ``readme`` is given.
 
     Raises:
         SaeAuditError: ``out_dir`` exists and is not empty, and ``overwrite`` is False.
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SaeAuditError(f"{out} already exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / CONFIG_NAME).write_text(sae.config.to_json() + "\n")
-        names = PARAM_NAMES + (("threshold",) if hasattr(sae, "threshold") else ())
-        tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in names}
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "sae-audit"})
-        if readme is not None:
-            (tmp / "README.md").write_text(readme)
-        tmp.chmod(0o755)  # mkdtemp makes it private; an SAE folder is meant to be shared
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return sae.write_folder(out_dir, readme=readme, overwrite=overwrite)
 
 
 def _is_native(folder: Path) -> bool:
@@ -124,7 +100,7 @@ def sae_from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor], source
         SaeAuditError: a tensor missing, of the wrong shape, not floating point, or
             holding NaN/inf.
     """
-    from sae_audit.sae.variants import build_sae, extra_params
+    from sae_audit.sae.architectures import build_sae, extra_params
 
     expected = {
         "W_enc": (config.d_in, config.d_sae),

@@ -1,7 +1,8 @@
 """Training losses and regularisers, as plain functions sharing one signature style.
 
 All of them take float tensors and return a 0-dim tensor (differentiable where
-the inputs are). Formulas follow ``shared/SPEC.md`` sections 1 and 2:
+the inputs are); :class:`sae_audit.train.objective.TopKObjective` combines them
+into the training loss. Formulas follow ``shared/SPEC.md`` sections 1 and 2:
 
 - :func:`normalised_mse` and :func:`auxk_loss`: Gao et al. 2024, arXiv 2406.04093.
 - :func:`off_support_l1` and :func:`l1_l2_ratio`: Jacquier, Vakalopoulou and
