@@ -109,11 +109,24 @@ def sae_audit_register_report_sections(register):
 
 @hookimpl
 def sae_audit_card_metadata(config):
-    return {
-        "library_name": "sae-audit",
-        "tags": ["sparse-autoencoder", "interpretability", "top-k-sae"],
-        "base_model": config.model,
-    }
+    """``library_name``, ``tags`` (with the architecture's tag) and ``base_model`` of every SAE card.
+
+    ``base_model`` is ``config.model`` only when it reads as a hub id (``name`` or
+    ``org/name``, as ``huggingface_hub.utils.validate_repo_id`` accepts them); a local
+    path (``.cache/models/x``, ``/abs/path``) is left out, as the hub would reject it.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    arch_tag = {"topk": "top-k-sae"}.get(config.architecture, f"{config.architecture}-sae")
+    meta = {"library_name": "sae-audit", "tags": ["sparse-autoencoder", "interpretability", arch_tag]}
+    if config.model:
+        try:
+            validate_repo_id(config.model)
+            meta["base_model"] = config.model
+        except HFValidationError:
+            pass
+    return meta
 
 
 @hookimpl(trylast=True)

@@ -54,3 +54,26 @@ class SparseCodes:
 
     def __getitem__(self, item) -> "SparseCodes":
         return SparseCodes(self.indices[item], self.values[item], self.d_sae)
+
+
+def codes_from_dense(z: torch.Tensor, k: int) -> SparseCodes:
+    """Sparse codes of dense non-negative activations ``z [N, d_sae]``, at most ``k`` per input.
+
+    Used by the architectures whose activation is dense (JumpReLU, ReLU). The
+    codes keep every latent that fires; as :class:`SparseCodes` has one width per
+    batch, the width ``m`` is the largest number of firing latents of any input in
+    the batch, capped at ``k`` (and at least 1); narrower inputs are padded with
+    zero values, which count as silent everywhere. With more than ``k`` firing
+    latents an input keeps its ``k`` largest (the inference-budget swap of SPEC
+    section 4).
+
+    Args:
+        z: ``[N, d_sae]`` float activations (``>= 0``; an entry fires when ``> 0``).
+        k: the cap, ``1 <= k <= d_sae`` (the caller checks it).
+    Returns:
+        :class:`SparseCodes` with ``indices``/``values`` of shape ``[N, m]``.
+    """
+    width = int((z > 0).sum(dim=1).max()) if z.shape[0] else 1
+    width = max(1, min(k, width))
+    values, indices = z.topk(width, dim=1, sorted=False)
+    return SparseCodes(indices, values, z.shape[1])

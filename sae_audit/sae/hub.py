@@ -1,11 +1,11 @@
-"""Moving SAEs through the Hugging Face hub: model cards, ``push_to_hub``, pinned loading.
+"""Moving SAEs through the Hugging Face hub: ``push_to_hub`` and pinned loading.
 
-- :func:`model_card`: a README.md whose YAML metadata holds the SAE's whole
-  config (``sae_config``) and its measured ``metrics``, written with
-  ``huggingface_hub.ModelCardData``.
-- :func:`push_to_hub`: save the SAE in the native format (plus its card) to a
-  temporary folder and upload it with ``HfApi.upload_folder`` to ``repo_id``
-  (optionally under ``subfolder``, optionally as a pull request).
+- :func:`push_to_hub` (also :meth:`SAE.push_to_hub <sae_audit.sae.base.SAE.push_to_hub>`):
+  save the SAE in the native format with its model card
+  (:func:`sae_audit.sae.card.model_card`, the card ``save_pretrained`` and
+  ``sae-audit train`` write too) to a temporary folder and upload it with
+  ``HfApi.upload_folder`` to ``repo_id`` (optionally under ``subfolder``,
+  optionally as a pull request).
 - Loading: :func:`sae_audit.sae.load_sae` takes ``org/name``,
   ``org/name/sub/folder`` and a ``revision`` (branch, tag or commit hash), or
   the same spec with ``@REVISION`` appended (``org/name/k32@3f2a...``); it goes
@@ -21,44 +21,7 @@ from typing import Any
 
 from sae_audit.errors import SaeAuditError
 
-_HUB_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_REPO_ID_RE = _HUB_MODEL_RE
-
-
-def card_metadata(config, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The YAML metadata of an SAE's card: library, tags, base model, ``sae_config``, ``metrics``."""
-    meta: dict[str, Any] = {
-        "library_name": "sae-audit",
-        "tags": ["sparse-autoencoder", "interpretability", f"{config.architecture}-sae"],
-        "sae_config": config.to_dict(),
-    }
-    if config.model and _HUB_MODEL_RE.match(str(config.model)):
-        meta["base_model"] = config.model
-    if metrics:
-        meta["metrics"] = {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}
-    return meta
-
-
-def model_card(config, metrics: dict[str, Any] | None = None, body: str | None = None) -> str:
-    """A model card (README.md text) with :func:`card_metadata` as YAML front matter.
-
-    Args:
-        config: the :class:`~sae_audit.sae.SAEConfig`.
-        metrics: measured numbers (e.g. ``{"heldout_fvu": 0.21, "dead_fraction": 0.0}``).
-        body: Markdown after the front matter; a short default names the SAE.
-    """
-    from huggingface_hub import ModelCardData
-
-    data = ModelCardData(**card_metadata(config, metrics))
-    if body is None:
-        where = f"`{config.hook_point}:{config.tokens}`" if config.hook_point else "an unrecorded hook point"
-        body = (
-            f"# {config.architecture} SAE for `{config.model}` at {where}\n\n"
-            f"d_in {config.d_in}, d_sae {config.d_sae}, k {config.k}. Load it with "
-            "`sae_audit.load_sae(\"REPO_ID\")`; every setting is in `config.json` and in the "
-            "`sae_config` metadata above.\n"
-        )
-    return f"---\n{data.to_yaml()}\n---\n\n{body.lstrip()}"
+_REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def push_to_hub(
@@ -78,12 +41,13 @@ def push_to_hub(
     """Upload ``sae`` (native format + model card) to the hub repository ``repo_id``.
 
     Args:
-        sae: a :class:`~sae_audit.sae.TopKSAE` (or any SAE class sharing its interface).
+        sae: any :class:`~sae_audit.sae.SAE`.
         repo_id: ``org/name``; created (as a model repository) when missing.
         subfolder: path inside the repository (several SAEs can share one repository).
         create_pr: open a pull request instead of committing to ``revision``.
         metrics: numbers for the card's metadata (ignored when ``card`` is given).
-        card: the whole README.md text; default :func:`model_card`.
+        card: the whole README.md text; default ``sae.model_card(metrics)``
+            (:func:`sae_audit.sae.card.model_card`).
         revision: branch to commit to (default the main branch).
         api: an object with ``create_repo`` and ``upload_folder`` like
             ``huggingface_hub.HfApi`` (default ``HfApi(token=token)``).
@@ -92,9 +56,8 @@ def push_to_hub(
     Raises:
         SaeAuditError: a malformed ``repo_id`` or ``subfolder``, or a hub error
             (no token, no permission, no network).
+        sae_audit.plugin_manager.PluginError: a plugin's card-metadata hook failed.
     """
-    from sae_audit.sae.io import save_sae
-
     if not _REPO_ID_RE.match(repo_id or ""):
         raise SaeAuditError(f"repo_id {repo_id!r} must look like 'org/name'")
     if subfolder is not None:
@@ -105,11 +68,11 @@ def push_to_hub(
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
-    text = card if card is not None else model_card(sae.config, metrics)
+    text = card if card is not None else sae.model_card(metrics)
     from huggingface_hub.errors import HfHubHTTPError
 
     with tempfile.TemporaryDirectory(prefix="sae-audit-push-") as tmp:
-        folder = save_sae(sae, Path(tmp) / "sae", readme=text)
+        folder = sae.write_files(Path(tmp) / "sae", readme=text)  # a private folder: no manifest, no swap
         try:
             api.create_repo(repo_id, repo_type="model", exist_ok=True, private=private)
             return api.upload_folder(

@@ -7,7 +7,10 @@ Native format (schema version in ``config.json``)::
                            lambdas, hook point, token set, model, normalisation,
                            schema_version)
       model.safetensors    W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in], float32
-      README.md            optional model card written by training
+                           (+ threshold [d_sae] for jumprelu)
+      README.md            model card (sae_audit.sae.card), optional for save_sae
+
+Writing is :meth:`sae_audit.sae.base.SAE.write_folder`.
 
 Readers for other formats plug in through the ``sae_audit_register_sae_formats``
 hook (:mod:`sae_audit.sae.registry`); the built-in plugin registers the native
@@ -23,54 +26,26 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from sae_audit.errors import SaeAuditError
-from sae_audit.outputs import OutputFolder
+from sae_audit.sae.base import CONFIG_NAME, SAE, WEIGHTS_NAME
 from sae_audit.sae.config import SAEConfig
 from sae_audit.sae.registry import read_sae_folder, sae_formats
 from sae_audit.sae.topk import TopKSAE
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
+def save_sae(sae: SAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``sae`` to ``out_dir`` in the native format, atomically (:meth:`SAE.write_folder`).
 
-def write_sae_files(sae: TopKSAE, folder: str | os.PathLike, readme: str | None = None) -> Path:
-    """Write the native files of ``sae`` (``config.json``, ``model.safetensors``, optional ``README.md``)
-    into ``folder`` (created if missing), as they are: the caller stages and swaps (:func:`save_sae`)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    folder.chmod(0o755)  # an SAE folder is meant to be shared
-    (folder / CONFIG_NAME).write_text(sae.config.to_json() + "\n")
-    names = PARAM_NAMES + (("threshold",) if hasattr(sae, "threshold") else ())
-    tensors = {n: getattr(sae, n).detach().to("cpu", torch.float32).contiguous() for n in names}
-    save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "sae-audit"})
-    if readme is not None:
-        (folder / "README.md").write_text(readme)
-    for f in folder.iterdir():
-        if f.is_file():
-            f.chmod(0o644)
-    return folder
-
-
-def save_sae(sae: TopKSAE, out_dir: str | os.PathLike, readme: str | None = None, overwrite: bool = False) -> Path:
-    """Write ``sae`` to ``out_dir`` in the native format, as a whole.
-
-    The files are written into a staging folder and swapped in
-    (:class:`sae_audit.outputs.OutputFolder`), so an interrupted save never
-    leaves a half-written SAE, and ``overwrite`` replaces only files an earlier
-    sae-audit save wrote there.
+    Unlike :meth:`SAE.save_pretrained`, no model card is written unless ``readme`` is given.
 
     Raises:
         SaeAuditError: ``out_dir`` exists and is not empty and ``overwrite`` is
             false, another process writes it, or a file in the way was not written
             by sae-audit.
     """
-    with OutputFolder(out_dir, overwrite=overwrite) as folder:
-        write_sae_files(sae, folder.stage(), readme)
-        folder.commit()
-    return Path(out_dir)
+    return sae.write_folder(out_dir, readme=readme, overwrite=overwrite)
 
 
 def detect_native(folder: Path) -> bool:
@@ -124,7 +99,7 @@ def sae_from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor], source
         SaeAuditError: a tensor missing, of the wrong shape, not floating point, or
             holding NaN/inf.
     """
-    from sae_audit.sae.variants import build_sae, extra_params
+    from sae_audit.sae.architectures import build_sae, extra_params
 
     expected = {
         "W_enc": (config.d_in, config.d_sae),

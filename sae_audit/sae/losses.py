@@ -1,7 +1,8 @@
 """Training losses and regularisers, as plain functions sharing one signature style.
 
 All of them take float tensors and return a 0-dim tensor (differentiable where
-the inputs are). Formulas follow ``shared/SPEC.md`` sections 1 and 2:
+the inputs are); :class:`sae_audit.train.objective.TopKObjective` combines them
+into the training loss. Formulas follow ``shared/SPEC.md`` sections 1 and 2:
 
 - :func:`normalised_mse` and :func:`auxk_loss`: Gao et al. 2024, arXiv 2406.04093.
 - :func:`off_support_l1` and :func:`l1_l2_ratio`: Jacquier, Vakalopoulou and
@@ -32,23 +33,6 @@ def normalised_mse(x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor) -> 
     num = (x - x_hat).pow(2).sum()
     den = (x - mean).pow(2).sum().clamp_min(torch.finfo(x.dtype).tiny)
     return num / den
-
-
-def selection_mask(indices: torch.Tensor, d_sae: int) -> torch.Tensor:
-    """``[B, d_sae]`` bool, True where latent j is in the Top-k set S_i of input i."""
-    mask = torch.zeros(indices.shape[0], d_sae, dtype=torch.bool, device=indices.device)
-    return mask.scatter_(1, indices, True)
-
-
-def batch_active(indices: torch.Tensor) -> torch.Tensor:
-    """The batch-active set A: sorted unique latents selected by at least one input.
-
-    Args:
-        indices: ``[B, k]`` int64 Top-k indices.
-    Returns:
-        ``[|A|]`` int64.
-    """
-    return torch.unique(indices)
 
 
 def _active_relu(pre_acts: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,9 @@ A checkpoint folder holds one file, ``state.pt``, written with ``torch.save``
 under a temporary name and renamed over the previous one (so a kill during a
 save leaves the previous checkpoint intact). It contains, for every SAE of the
 run: its config, parameters, the dead-latent counters (tokens since each latent
-last fired), the Adam state and the running training NMSE; plus the step, the
-vectors seen and the :class:`~sae_audit.train.trainer.TrainConfig`. It holds
+last fired, :class:`~sae_audit.train.objective.TopKObjective`'s
+``tokens_since_fired``), the Adam state and the running training NMSE; plus the
+step, the vectors seen and the :class:`~sae_audit.train.trainer.TrainConfig`. It holds
 only tensors, numbers, strings and dicts, and is read back with
 ``torch.load(weights_only=True)``, so nothing is unpickled with code execution.
 """
@@ -23,10 +24,6 @@ from sae_audit.errors import SaeAuditError
 
 STATE_NAME = "state.pt"
 CHECKPOINT_SCHEMA_VERSION = 1
-
-
-def checkpoint_exists(folder) -> bool:
-    return folder is not None and (Path(folder) / STATE_NAME).is_file()
 
 
 def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
@@ -47,7 +44,7 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
             {
                 "config": run.sae.config.to_dict(),
                 "params": {k: v.detach().cpu() for k, v in run.sae.state_dict().items()},
-                "tokens_since_fired": run.sae.tokens_since_fired.detach().cpu(),
+                "tokens_since_fired": run.objective.tokens_since_fired.detach().cpu(),
                 "optimizer": run.opt.state_dict(),
                 "nmse_ema": float(run.nmse_ema) if run.nmse_ema is not None else None,
             }
@@ -102,7 +99,7 @@ def load_checkpoint(folder, runs, train) -> tuple[int, int]:
         if mine != theirs:
             raise SaeAuditError("cannot resume: the checkpoint was written for other SAE configs (k, lambda, width)")
         run.sae.load_state_dict(saved["params"])
-        run.sae.tokens_since_fired.copy_(saved["tokens_since_fired"])
+        run.objective.tokens_since_fired.copy_(saved["tokens_since_fired"])
         run.opt.load_state_dict(saved["optimizer"])
         run.nmse_ema = saved["nmse_ema"]
     return int(state["step"]), int(state["vectors"])

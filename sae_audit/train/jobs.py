@@ -28,7 +28,6 @@ from sae_audit.models.hookpoint import TOKEN_SETS
 from sae_audit.options import option
 from sae_audit.outputs import OutputFolder
 from sae_audit.sae import SAEConfig
-from sae_audit.sae.io import write_sae_files
 from sae_audit.train.cache import CACHE_DTYPES, ActivationCache, cache_activations
 from sae_audit.train.card import sae_card
 from sae_audit.train.stream import image_activations
@@ -227,7 +226,7 @@ def _train(request: TrainRequest, folder: OutputFolder, ckpt_dir: Path, progress
     for sae, summary in trained:
         name = "" if len(trained) == 1 else sae_name(sae.config)
         card = sae_card(sae.config, summary, optim, data_desc, n_skipped=skipped_of(), seconds=seconds)
-        write_sae_files(sae, stage / name if name else stage, readme=card)
+        sae.write_files(stage / name if name else stage, readme=card)
         placed.append((name, sae, summary))
     folder.commit()
     return [TrainedSAE(folder.path / name if name else folder.path, sae, summary) for name, sae, summary in placed]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sae_audit.errors import SaeAuditError
 from sae_audit.sae import SAEConfig, TopKSAE
+from sae_audit.train.objective import TopKObjective
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,21 @@ def lr_factor(step: int, total: int, warmup: float, decay: float) -> float:
 
 
 class _Run:
-    """One SAE being trained: module, optimiser and running statistics."""
+    """One SAE being trained: module, objective, optimiser and running statistics.
 
-    def __init__(self, cfg: SAEConfig, seed: int, lr: float):
-        self.sae = TopKSAE(cfg, seed=seed)
+    ``x_held`` (``[n, d_in]``, model units, on ``device``) gives the objective's data
+    mean and, through a seeded sample of at most 4096 rows, ``b_dec``'s initialisation.
+    """
+
+    def __init__(self, cfg: SAEConfig, seed: int, lr: float, device: torch.device, x_held: torch.Tensor,
+                 b_dec_init: str, sample_seed: int):
+        self.sae = TopKSAE(cfg, seed=seed).to(device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=lr, betas=(0.9, 0.999))
         self.nmse_ema: float | None = None
+        x_norm = self.sae.normalise_input(x_held)
+        self.objective = TopKObjective(self.sae, data_mean=x_norm.mean(dim=0))
+        perm = torch.randperm(x_norm.shape[0], generator=torch.Generator().manual_seed(sample_seed))
+        self.objective.init_b_dec(x_norm[perm[:4096]], b_dec_init)
 
 
 def fit_saes(
@@ -165,13 +175,8 @@ def fit_saes(
     runs: list[_Run] = []
     for i, cfg in enumerate(configs):
         cfg = replace(cfg, norm_scale=scale if cfg.normalisation == "scalar" else 1.0)
-        run = _Run(cfg, seed=train.seed + i, lr=train.lr)
-        run.sae.to(device)
-        x_norm = run.sae.normalise_input(eval_x)
-        sample = x_norm[torch.randperm(x_norm.shape[0], generator=torch.Generator().manual_seed(train.seed))[:4096]]
-        run.sae.init_b_dec(sample, train.b_dec_init)
-        run.data_mean = x_norm.mean(dim=0)  # type: ignore[attr-defined]
-        runs.append(run)
+        runs.append(_Run(cfg, seed=train.seed + i, lr=train.lr, device=device, x_held=eval_x,
+                         b_dec_init=train.b_dec_init, sample_seed=train.seed))
 
     total_steps = max(1, math.ceil(train.max_vectors / train.batch_size))
     step = 0
@@ -195,12 +200,12 @@ def fit_saes(
             for group in run.opt.param_groups:
                 group["lr"] = train.lr * factor
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                out = run.sae.training_loss(run.sae.normalise_input(x), run.data_mean)  # type: ignore[attr-defined]
+                out = run.objective.loss(run.sae.normalise_input(x))
             run.opt.zero_grad(set_to_none=True)
             out.loss.backward()
-            run.sae.remove_parallel_decoder_grad()
+            run.objective.project_decoder_grad()
             run.opt.step()
-            run.sae.normalise_decoder()
+            run.objective.normalise_decoder()
             v = float(out.nmse)
             run.nmse_ema = v if run.nmse_ema is None else 0.95 * run.nmse_ema + 0.05 * v
         step += 1
@@ -213,7 +218,7 @@ def fit_saes(
             bar.set_postfix(
                 loss=f"{float(out.loss.detach()):.3f}",
                 fvu=f"{first.nmse_ema:.3f}",
-                dead=f"{float(first.sae.dead_mask().float().mean()):.2f}",
+                dead=f"{float(first.objective.dead_mask().float().mean()):.2f}",
                 refresh=False,
             )
     bar.close()
@@ -237,7 +242,7 @@ def fit_saes(
                     eval_fvu=summary["fvu"],
                     eval_l0=summary["l0"],
                     eval_effective_units=summary["effective_units"],
-                    dead_fraction=float(sae.dead_mask().float().mean()),
+                    dead_fraction=float(run.objective.dead_mask().float().mean()),
                     final_train_nmse=float(run.nmse_ema or float("nan")),
                 ),
             )

@@ -209,7 +209,7 @@ def test_imported_architectures_run_through_the_whole_audit(arch, tiny_model_dir
     """A JumpReLU/ReLU SAE (variable code width) goes through the CLI audit like a Top-k one."""
     from sae_audit.cli import main
     from sae_audit.sae import SAEConfig
-    from sae_audit.sae.variants import build_sae
+    from sae_audit.sae import build_sae
     from sae_audit.testing import make_image_folder
 
     sae = build_sae(SAEConfig(d_in=32, d_sae=64, k=64, architecture=arch, hook_point="block.2", tokens="patch"))

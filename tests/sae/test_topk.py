@@ -9,6 +9,7 @@ import torch
 
 from sae_audit.errors import SaeAuditError
 from sae_audit.sae import SAEConfig, SparseCodes, TopKSAE, losses
+from sae_audit.train.objective import TopKObjective
 
 
 def make_sae(d_in=6, d_sae=20, k=3, seed=0, **kw) -> TopKSAE:
@@ -138,35 +139,37 @@ def test_training_loss_combines_terms_with_lambdas():
     sae = make_sae(lambda_off=0.3, lambda_ratio=0.05, aux_alpha=0.5, dead_after=1)
     x = torch.randn(8, 6)
     mean = x.mean(0)
-    sae.tokens_since_fired.fill_(5)  # everything dead before the step
-    out = sae.training_loss(x, mean)
+    objective = TopKObjective(sae, mean)
+    objective.tokens_since_fired.fill_(5)  # everything dead before the step
+    out = objective.loss(x)
     expected = out.nmse + 0.5 * out.auxk + 0.3 * out.off_l1 + 0.05 * out.ratio
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert out.auxk.item() > 0 and out.off_l1.item() > 0 and out.ratio.item() > 0
     fired = torch.unique(out.codes.indices[out.codes.values > 0])
-    assert torch.all(sae.tokens_since_fired[fired] == 0)
+    assert torch.all(objective.tokens_since_fired[fired] == 0)
     silent = torch.ones(20, dtype=torch.bool)
     silent[fired] = False
-    assert torch.all(sae.tokens_since_fired[silent] == 13)
+    assert torch.all(objective.tokens_since_fired[silent] == 13)
 
 
 def test_plain_topk_has_no_regulariser_terms():
     sae = make_sae()
-    out = sae.training_loss(torch.randn(8, 6), torch.zeros(6))
+    out = TopKObjective(sae, torch.zeros(6)).loss(torch.randn(8, 6))
     assert out.off_l1.item() == 0 and out.ratio.item() == 0
 
 
 def test_decoder_constraint_step():
     sae = make_sae()
-    sae.normalise_decoder()
-    out = sae.training_loss(torch.randn(16, 6), torch.zeros(6))
+    objective = TopKObjective(sae, torch.zeros(6))
+    objective.normalise_decoder()
+    out = objective.loss(torch.randn(16, 6))
     out.loss.backward()
-    sae.remove_parallel_decoder_grad()
+    objective.project_decoder_grad()
     parallel = (sae.W_dec.grad * sae.W_dec).sum(dim=1)
     assert parallel.abs().max().item() < 1e-6
     with torch.no_grad():
         sae.W_dec -= 0.5 * sae.W_dec.grad
-    sae.normalise_decoder()
+    objective.normalise_decoder()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(20))
 
 
@@ -176,7 +179,7 @@ def test_tied_init_and_geometric_median():
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(5))
     # Geometric median of points on a line with an outlier stays near the cluster.
     pts = torch.tensor([[0.0, 0, 0], [1, 0, 0], [2, 0, 0], [100, 0, 0]])
-    sae.init_b_dec(pts)
+    TopKObjective(sae, torch.zeros(3)).init_b_dec(pts)
     assert 1.0 <= sae.b_dec[0].item() <= 2.0
 
 

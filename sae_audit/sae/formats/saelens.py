@@ -9,9 +9,9 @@ handling of pre-6 configs (flat keys ``hook_point``/``hook_name``,
   (pre-activations multiplied by the decoder row norms before selection,
   activations divided by them before decoding) is folded exactly into
   ``W_enc``, ``b_enc`` and ``W_dec``, so the codes equal SAELens' ``encode``;
-- ``jumprelu`` -> :class:`~sae_audit.sae.variants.JumpReLUSAE` (SAELens also
+- ``jumprelu`` -> :class:`~sae_audit.sae.jumprelu.JumpReLUSAE` (SAELens also
   saves BatchTopK SAEs this way, with the learnt threshold);
-- ``standard`` (activation ``relu``) -> :class:`~sae_audit.sae.variants.ReLUSAE`;
+- ``standard`` (activation ``relu``) -> :class:`~sae_audit.sae.relu.ReLUSAE`;
 - ``apply_b_dec_to_input`` is kept as a config flag;
 - ``normalize_activations``: ``none``; ``expected_average_only_in`` runs no
   input scaling at inference in SAELens (its trainer folds the factor into the

@@ -1,0 +1,177 @@
+"""The training objective of a Top-k SAE: loss, dead-latent counters, decoder constraint, ``b_dec`` init.
+
+Follows Gao et al. 2024 ("Scaling and evaluating sparse autoencoders", arXiv
+2406.04093) for the normalised MSE, AuxK on dead latents, the unit-norm decoder
+with the parallel gradient removed and ``b_dec`` at the geometric median, and
+Jacquier, Vakalopoulou and Hosseini 2026 ("Beyond the Hard Budget", arXiv
+2606.27321) for the off-support L1 and L1/L2-ratio regularisers. The formulas are
+in ``shared/SPEC.md`` sections 1-2; the terms are the plain functions of
+:mod:`sae_audit.sae.losses`.
+
+The SAE module (:class:`~sae_audit.sae.TopKSAE`) holds only what inference needs;
+everything training adds lives here. One optimiser step::
+
+    out = objective.loss(sae.normalise_input(x))
+    opt.zero_grad(); out.loss.backward()
+    objective.project_decoder_grad()
+    opt.step()
+    objective.normalise_decoder()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sae_audit.sae import losses
+from sae_audit.sae.codes import SparseCodes
+from sae_audit.sae.topk import TopKSAE
+
+
+@dataclass
+class LossOutput:
+    """Terms of one training step and the batch's codes.
+
+    Attributes:
+        loss: 0-dim float tensor, the total (differentiable).
+        nmse, auxk, off_l1, ratio: 0-dim float tensors, the detached terms (0 when
+            a term's weight is 0).
+        codes: the batch's Top-k codes (detached; ``[B, k]``).
+    """
+
+    loss: torch.Tensor
+    nmse: torch.Tensor
+    auxk: torch.Tensor
+    off_l1: torch.Tensor
+    ratio: torch.Tensor
+    codes: SparseCodes
+
+
+def geometric_median(points: torch.Tensor, max_iter: int = 100, rtol: float = 1e-6) -> torch.Tensor:
+    """Geometric median of ``points [n, d]`` (float) by Weiszfeld iterations, from the mean: ``[d]``.
+
+    Stops after ``max_iter`` iterations or once a step moves the estimate by less
+    than ``rtol`` times its norm. Distances are clamped at 1e-8, so a point on the
+    estimate does not divide by zero.
+    """
+    point = points.mean(dim=0)
+    for _ in range(max_iter):
+        dist = (points - point).norm(dim=1).clamp_min(1e-8)
+        w = 1.0 / dist
+        new = (w[:, None] * points).sum(dim=0) / w.sum()
+        if (new - point).norm() < rtol * (point.norm() + 1e-12):
+            return new
+        point = new
+    return point
+
+
+class TopKObjective:
+    """Trains a :class:`~sae_audit.sae.TopKSAE`: owns ``data_mean`` and the dead-latent counters.
+
+    Args:
+        sae: the SAE being trained (its ``config`` gives ``k``, ``aux_alpha``,
+            ``k_aux``, ``dead_after``, ``lambda_off`` and ``lambda_ratio``).
+        data_mean: ``[d_in]`` float32 mean of the *normalised* training inputs (the
+            NMSE denominator uses it, SPEC section 1); on the SAE's device.
+
+    Attributes:
+        tokens_since_fired: ``[d_sae]`` int64, training vectors seen since each latent
+            last fired (a latent fires on an input when it is selected with a value > 0);
+            on the SAE's device. Checkpoints save it under this name.
+
+    Raises:
+        TypeError: ``sae`` is not a Top-k SAE (JumpReLU and ReLU SAEs are read for
+            auditing, not trained here).
+    """
+
+    def __init__(self, sae: TopKSAE, data_mean: torch.Tensor):
+        if not isinstance(sae, TopKSAE) or sae.config.architecture != "topk":
+            raise TypeError(f"TopKObjective trains Top-k SAEs, got {type(sae).__name__} "
+                            f"({sae.config.architecture!r})")
+        self.sae = sae
+        self.data_mean = data_mean
+        self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_dec.device)
+
+    def dead_mask(self) -> torch.Tensor:
+        """``[d_sae]`` bool: latents silent for at least ``config.dead_after`` training vectors."""
+        return self.tokens_since_fired >= self.sae.config.dead_after
+
+    def loss(self, x_norm: torch.Tensor) -> LossOutput:
+        """Total loss ``NMSE + alpha*AuxK + lambda_off*R_off + lambda_ratio*R_ratio`` on a batch.
+
+        - NMSE: :func:`~sae_audit.sae.losses.normalised_mse` against ``data_mean``;
+        - AuxK: :func:`~sae_audit.sae.losses.auxk_loss` of the detached residual with the
+          ``k_aux`` largest pre-activations among dead latents (counters *after* this
+          batch), computed only when ``aux_alpha > 0``;
+        - R_off, R_ratio: :func:`~sae_audit.sae.losses.off_support_l1` and
+          :func:`~sae_audit.sae.losses.l1_l2_ratio` on the batch-active latents,
+          computed only when their lambda is > 0.
+
+        Args:
+            x_norm: ``[B, d_in]`` float32 inputs, already normalised
+                (:meth:`SAE.normalise_input <sae_audit.sae.base.SAE.normalise_input>`).
+                May run under ``torch.autocast``.
+        Returns:
+            :class:`LossOutput`.
+        Side effect:
+            updates :attr:`tokens_since_fired` (adds ``B``, zeroes the latents that fired).
+        """
+        sae, cfg = self.sae, self.sae.config
+        h = sae.pre_activations(x_norm)
+        values, indices = h.topk(cfg.k, dim=1, sorted=False)
+        z = torch.relu(values)
+        # A dense [B, d_sae] product is faster on CPU and GPU than a sparse
+        # gather for training-size batches (and backward is a plain matmul).
+        x_hat = torch.zeros_like(h).scatter(1, indices, z) @ sae.W_dec + sae.b_dec
+        nmse = losses.normalised_mse(x_norm, x_hat, self.data_mean)
+
+        with torch.no_grad():
+            fired = torch.zeros(cfg.d_sae, device=h.device).index_add_(
+                0, indices.reshape(-1), (z > 0).float().reshape(-1)) > 0
+            self.tokens_since_fired += x_norm.shape[0]
+            self.tokens_since_fired.masked_fill_(fired, 0)
+        zero = h.new_zeros(())
+        auxk = zero
+        if cfg.aux_alpha > 0:
+            auxk = losses.auxk_loss(h, (x_norm - x_hat).detach(), self.dead_mask(), sae.W_dec, cfg.k_aux_effective)
+        off = losses.off_support_l1(h, indices) if cfg.lambda_off > 0 else zero
+        ratio = losses.l1_l2_ratio(h, indices) if cfg.lambda_ratio > 0 else zero
+        loss = nmse + cfg.aux_alpha * auxk + cfg.lambda_off * off + cfg.lambda_ratio * ratio
+        return LossOutput(loss, nmse.detach(), auxk.detach(), off.detach(), ratio.detach(),
+                          SparseCodes(indices.detach(), z.detach(), cfg.d_sae))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove from ``W_dec.grad`` the component parallel to each (unit-norm) decoder row.
+
+        ``grad_j -= (grad_j . W_dec_j) W_dec_j`` (Gao et al. 2024); call between
+        ``backward()`` and the optimiser step. No-op without a gradient.
+        """
+        W = self.sae.W_dec
+        if W.grad is None:
+            return
+        W.grad -= (W.grad * W).sum(dim=1, keepdim=True) * W
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Renormalise every row of ``W_dec`` to unit L2 norm (norms clamped at 1e-12); call after the step."""
+        W = self.sae.W_dec
+        W /= W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def init_b_dec(self, sample_norm: torch.Tensor, method: str = "geometric_median") -> None:
+        """Set ``b_dec`` from a ``[n, d_in]`` sample of normalised activations.
+
+        Args:
+            method: ``geometric_median`` (:func:`geometric_median`, Gao et al. 2024) or ``mean``.
+        Raises:
+            ValueError: an unknown ``method``.
+        """
+        if method == "geometric_median":
+            point = geometric_median(sample_norm)
+        elif method == "mean":
+            point = sample_norm.mean(dim=0)
+        else:
+            raise ValueError(f"unknown b_dec init {method!r}")
+        self.sae.b_dec.copy_(point)
