@@ -72,7 +72,8 @@ def load_checkpoint(folder, runs, train) -> tuple[int, int]:
     """
     path = Path(folder) / STATE_NAME
     if not path.is_file():
-        raise SaeAuditError(f"no training checkpoint to resume from in {Path(folder)}; start without --resume")
+        raise SaeAuditError(f"no training checkpoint to resume from in {Path(folder)}; start without `resume`",
+                            field="resume")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
@@ -86,7 +87,7 @@ def load_checkpoint(folder, runs, train) -> tuple[int, int]:
     if diff:
         raise SaeAuditError(
             f"cannot resume: the checkpoint in {Path(folder)} was written with other training settings "
-            f"({', '.join(diff)}); rerun with the same options or start afresh with --overwrite"
+            f"({', '.join(diff)}); rerun with the same options or start afresh with `overwrite`"
         )
     if len(state["runs"]) != len(runs):
         raise SaeAuditError(

@@ -17,52 +17,65 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.options import option
 from sae_audit.sae import SAEConfig, TopKSAE
 from sae_audit.train.objective import TopKObjective
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings shared by every SAE in one training run.
+    """Optimisation settings shared by every SAE in one training run (``TrainRequest.optim``).
 
-    Attributes:
-        batch_size: activation vectors per optimiser step.
-        lr: Adam learning rate (peak, after warm-up).
-        warmup_fraction: share of the steps with a linear warm-up from 0.
-        decay_fraction: share of the final steps with a linear decay to 0.
-        max_vectors: stop after this many training vectors.
-        eval_vectors: vectors held out (never trained on) for the final evaluation.
-        buffer_size: shuffle-buffer size in vectors.
-        b_dec_init: ``geometric_median`` or ``mean``.
-        seed: seeds the SAE initialisation and the shuffling.
-        precision: ``float32``; ``bf16`` runs the SAE forward under
-            ``torch.autocast(dtype=torch.bfloat16)`` (parameters, optimiser state and
-            the decoder renormalisation stay float32); ``auto`` picks ``bf16`` on a
-            CUDA device that supports it and ``float32`` elsewhere.
-        checkpoint_every: write a resumable checkpoint every this many steps (0: never).
+    ``precision``: ``float32``; ``bf16`` runs the SAE forward under
+    ``torch.autocast(dtype=torch.bfloat16)`` (parameters, optimiser state and the
+    decoder renormalisation stay float32); ``auto`` picks ``bf16`` on a CUDA
+    device that supports it and ``float32`` elsewhere.
+
+    Raises:
+        SaeAuditError: a field out of range (the message names it as ``optim.<field>``).
     """
 
-    batch_size: int = 1024
-    lr: float = 1e-3
-    warmup_fraction: float = 0.05
-    decay_fraction: float = 0.2
-    max_vectors: int = 500_000
-    eval_vectors: int = 16_384
-    buffer_size: int = 65_536
-    b_dec_init: str = "geometric_median"
-    seed: int = 0
-    precision: str = "float32"
-    checkpoint_every: int = 0
+    batch_size: int = option(1024, metavar="N", help="activation vectors per optimiser step")
+    lr: float = option(1e-3, help="Adam learning rate (peak, after a linear warm-up; decays linearly at the end)")
+    warmup_fraction: float = option(0.05, help="share of the steps with a linear warm-up from 0")
+    decay_fraction: float = option(0.2, help="share of the final steps with a linear decay to 0")
+    max_vectors: int = option(500_000, metavar="N", help="training activation vectors")
+    eval_vectors: int = option(16_384, metavar="N", help="held-out vectors (never trained on) for the final evaluation")
+    buffer_size: int = option(65_536, metavar="N", help="shuffle-buffer size in vectors")
+    b_dec_init: str = option("geometric_median", choices=("geometric_median", "mean"),
+                             help="initialisation of b_dec from a sample of activations")
+    seed: int = option(0, help="seeds the SAE initialisation and the shuffling")
+    precision: str = option("auto", choices=("auto", "float32", "bf16"),
+                            help="SAE forward precision: bf16 autocast or float32 (auto: bf16 on a GPU that supports "
+                                 "it, float32 elsewhere)")
+    checkpoint_every: int = option(0, metavar="STEPS",
+                                   help="write a resumable checkpoint to OUT/.checkpoint every STEPS optimiser steps "
+                                        "(0: never)")
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0 or self.max_vectors <= 0:
-            raise SaeAuditError("batch size and the number of training vectors must be positive")
-        if self.lr <= 0:
-            raise SaeAuditError("learning rate must be positive")
+        def whole(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < low:
+                raise SaeAuditError(f"`optim.{name}` must be a whole number >= {low}, got {v!r}", field=f"optim.{name}")
+
+        for name in ("batch_size", "max_vectors", "eval_vectors", "buffer_size"):
+            whole(name, 1)
+        whole("checkpoint_every", 0)
+        lr = self.lr
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or not 0 < lr <= 10:
+            raise SaeAuditError(f"`optim.lr` must be a finite learning rate above 0 and at most 10, got {lr!r}",
+                                field="optim.lr")
+        for name in ("warmup_fraction", "decay_fraction"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not 0 <= v <= 1:
+                raise SaeAuditError(f"`optim.{name}` must be a fraction between 0 and 1, got {v!r}",
+                                    field=f"optim.{name}")
         if self.precision not in ("float32", "bf16", "auto"):
-            raise SaeAuditError(f"precision {self.precision!r} must be float32, bf16 or auto")
-        if self.checkpoint_every < 0:
-            raise SaeAuditError("checkpoint interval must be >= 0 steps")
+            raise SaeAuditError(f"`optim.precision` {self.precision!r} must be float32, bf16 or auto",
+                                field="optim.precision")
+        if self.b_dec_init not in ("geometric_median", "mean"):
+            raise SaeAuditError(f"`optim.b_dec_init` {self.b_dec_init!r} must be geometric_median or mean",
+                                field="optim.b_dec_init")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -166,9 +179,12 @@ def fit_saes(
             break
     if n_held == 0:
         raise SaeAuditError("the activation stream is empty: no images were read")
-    eval_x = torch.cat(held)[: max(train.eval_vectors, 1)].to(device)
+    held_x = torch.cat(held)
+    # Exactly eval_vectors are held out; the rest of the last batch is trained on.
+    eval_x = held_x[: train.eval_vectors].to(device)
+    batches = _rebatch(held_x[train.eval_vectors:], batches, train.batch_size)
     if not torch.isfinite(eval_x).all():
-        raise SaeAuditError("the model produced NaN or infinite activations; try --dtype float32")
+        raise SaeAuditError("the model produced NaN or infinite activations; try `dtype` float32", field="dtype")
     mean_norm = eval_x.norm(dim=1).mean().item()
     scale = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
 
@@ -194,7 +210,7 @@ def fit_saes(
     for x in batches:
         x = x.to(device)
         if not torch.isfinite(x).all():
-            raise SaeAuditError("the model produced NaN or infinite activations; try --dtype float32")
+            raise SaeAuditError("the model produced NaN or infinite activations; try `dtype` float32", field="dtype")
         factor = lr_factor(step, total_steps, train.warmup_fraction, train.decay_fraction)
         for run in runs:
             for group in run.opt.param_groups:
@@ -207,6 +223,10 @@ def fit_saes(
             run.opt.step()
             run.objective.normalise_decoder()
             v = float(out.nmse)
+            if not math.isfinite(v):
+                raise SaeAuditError(
+                    f"training diverged at step {step + 1}: the reconstruction loss of SAE k={run.sae.k} became {v}; "
+                    f"lower `optim.lr` (now {train.lr:g}) and train again (nothing was written)", field="optim.lr")
             run.nmse_ema = v if run.nmse_ema is None else 0.95 * run.nmse_ema + 0.05 * v
         step += 1
         vectors += x.shape[0]
@@ -224,9 +244,14 @@ def fit_saes(
     bar.close()
     if vectors == 0:
         raise SaeAuditError(
-            f"only {n_held} activation vectors were read, all used for the held-out evaluation; "
-            "give more images or lower the evaluation split"
+            f"only {n_held} activation vectors were read and `optim.eval_vectors` holds out {train.eval_vectors} "
+            "for the evaluation, so none are left to train on; read more images (`max_images`) or hold out fewer",
+            field="optim.eval_vectors",
         )
+    for run in runs:
+        if not all(torch.isfinite(p).all() for p in run.sae.parameters()):
+            raise SaeAuditError(f"training diverged: SAE k={run.sae.k} has non-finite weights; lower `optim.lr` "
+                                f"(now {train.lr:g}) and train again (nothing was written)", field="optim.lr")
 
     results = []
     for run in runs:
@@ -250,11 +275,23 @@ def fit_saes(
     return results
 
 
+def _rebatch(first: torch.Tensor, rest: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """``first`` then ``rest``, re-cut into ``[batch_size, d]`` batches (the last may be smaller)."""
+    buf = first
+    for x in rest:
+        buf = torch.cat([buf, x]) if buf.shape[0] else x
+        while buf.shape[0] >= batch_size:
+            yield buf[:batch_size]
+            buf = buf[batch_size:]
+    if buf.shape[0]:
+        yield buf
+
+
 def resolve_precision(precision: str, device: torch.device) -> bool:
     """Whether to run the SAE forward under bf16 autocast (see :class:`TrainConfig`)."""
     if precision == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise SaeAuditError("this GPU does not support bfloat16; use --precision float32")
+            raise SaeAuditError("this GPU does not support bfloat16; use `optim.precision` float32", field="optim.precision")
         return True
     if precision == "auto":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
