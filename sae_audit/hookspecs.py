@@ -28,12 +28,14 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 # Annotations name sae-audit's types by their full path, as strings: this module
-# is the bottom of the package's import graph and imports none of them.
+# is the bottom of the package's import graph and imports none of the modules they live in.
+if TYPE_CHECKING:
+    import sae_audit
 
 PROJECT_NAME = "sae_audit"
 

@@ -47,6 +47,8 @@ MANIFEST = ".sae-audit-manifest.json"
 MANIFEST_VERSION = 1
 _PREFIX = ".sae-audit-"  # sibling staging, old-output and lock names start with ".<folder name>.sae-audit-"
 _RENAME_EXCHANGE = 2
+#: Suffixes of files sae-audit writes: an output *folder* named like one is a mistake.
+FILE_SUFFIXES = (".json", ".md", ".html", ".csv", ".parquet", ".png", ".safetensors", ".txt")
 
 
 # --------------------------------------------------------------------------- single files
@@ -147,6 +149,9 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool, field: str = "out", 
     """
     out = Path(path)
     real = _resolved(out)
+    if not out.exists() and out.suffix.lower() in FILE_SUFFIXES:
+        raise SaeAuditError(f"`{field}` {out} names a folder but looks like a file name ({out.suffix}); sae-audit "
+                            f"writes several files there: name a folder, e.g. {out.with_suffix('')}", field=field)
     if out.exists() and not out.is_dir():
         raise SaeAuditError(f"`{field}` {out} exists and is a file, not a folder; name a folder", field=field)
     cwd = _resolved(os.getcwd())

@@ -39,7 +39,6 @@ import math
 import re
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 

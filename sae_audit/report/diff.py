@@ -166,7 +166,7 @@ def render_diff_markdown(d: Diff) -> str:
         parts.append(_table(["image set(s)", "metric", "A", "B", "Δ (B − A)", "change"], rows))
         lat = [x for x in d.latents if x[0] == sae]
         if lat:
-            parts.append(f"<details>\n<summary>Latents whose firing frequency changed most</summary>\n")
+            parts.append("<details>\n<summary>Latents whose firing frequency changed most</summary>\n")
             for _, name, rows_l, caveat in lat:
                 parts.append(f"**{md(name)}** ({md(caveat)})\n")
                 if rows_l:

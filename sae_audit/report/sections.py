@@ -107,14 +107,24 @@ def _setup_table(results: dict) -> Table:
 
 def _sae_table(results: dict) -> Table:
     rows = []
+    audited_px = results["model"].get("image_size")
+    mismatched = []
     for s in results["saes"]:
         c = s["config"]
+        px = c.get("image_size")
+        if px is not None and audited_px is not None and px != audited_px:
+            mismatched.append(f"{s['label']} was trained at {px} px")
         rows.append([
             s["label"], s["hook_point"], f"{c['d_in']} → {c['d_sae']}", str(c["k"]),
-            f"{c.get('lambda_off', 0):g}", f"{c.get('lambda_ratio', 0):g}", str(c.get("model") or "n/a"), s["spec"],
+            f"{c.get('lambda_off', 0):g}", f"{c.get('lambda_ratio', 0):g}", str(c.get("model") or "n/a"),
+            f"{px} px" if px is not None else "n/a", s["spec"],
         ])
+    note = ""
+    if mismatched:
+        note = (f"Audited at {audited_px} px, but " + "; ".join(mismatched)
+                + ": latents may not mean the same at another scale.")
     return Table("The audited SAEs", ["SAE", "hook point", "d_in → d_sae", "k", "λ off-support L1", "λ L1/L2",
-                          "trained on model", "source"], rows)
+                                      "trained on model", "trained at", "source"], rows, note=note)
 
 
 def _coverage_section(results: dict) -> Section:

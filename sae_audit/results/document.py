@@ -219,7 +219,11 @@ def validate_results(data: dict, where: str = "results") -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    try:
+        errors = sorted(validator.iter_errors(data),
+                        key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    except RecursionError:
+        raise SaeAuditError(f"{where} is nested too deeply to be a results file") from None
     if errors:
         first = errors[0]
         more = f" ({len(errors) - 1} more error(s))" if len(errors) > 1 else ""
@@ -232,6 +236,10 @@ def validate_results(data: dict, where: str = "results") -> None:
         raise SaeAuditError(f"{where}: $.datasets must hold exactly one 'id' set and at least one 'ood' set, "
                             f"got roles {roles}")
     names = [d["name"] for d in data["datasets"]]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SaeAuditError(f"{where}: $.datasets names image set(s) {twice} more than once; each set needs its "
+                            "own name")
     for i, s in enumerate(data["saes"]):
         missing = [n for n in names if n not in s["datasets"]]
         if missing:
@@ -292,6 +300,8 @@ def load_results(path: str | os.PathLike) -> dict:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise SaeAuditError(f"{path} is nested too deeply to be a results file") from None
     except FileNotFoundError:
         raise SaeAuditError(f"results file {path} does not exist") from None
     except IsADirectoryError:
@@ -303,3 +313,35 @@ def load_results(path: str | os.PathLike) -> dict:
     data = upgrade_results(data, str(path))
     validate_results(data, str(path))
     return data
+
+
+def json_ready_problem(value, path: str = "$") -> str | None:
+    """Why ``value`` cannot go into a results document as is, or ``None`` when it can.
+
+    Allowed: ``None``, ``bool``, ``int``, finite ``float``, ``str``, lists of
+    these and dicts with string keys. NaN and infinities must be ``None``;
+    numpy scalars and tensors must be converted (``float(x)``, ``x.tolist()``).
+    Returns the JSON path and the problem, e.g. ``"$.per_latent[3] is NaN (use None)"``.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if isinstance(value, int) and type(value) is int:
+        return None
+    if isinstance(value, float) and type(value) is float:
+        return None if value == value and value not in (float("inf"), float("-inf")) else \
+            f"{path} is {value} (write None for a missing value)"
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            problem = json_ready_problem(v, f"{path}[{i}]")
+            if problem:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return f"{path} has a key {k!r} of type {type(k).__name__} (keys must be strings)"
+            problem = json_ready_problem(v, f"{path}.{k}" if k.isidentifier() else f"{path}[{json.dumps(k)}]")
+            if problem:
+                return problem
+        return None
+    return f"{path} is a {type(value).__module__}.{type(value).__name__} (convert it to a plain number, string or list)"

@@ -21,5 +21,5 @@ from sae_audit.sae.topk import TopKSAE
 
 __all__ = [
     "JumpReLUSAE", "ReLUSAE", "SAE", "SAEConfig", "SparseCodes", "TopKSAE",
-    "build_sae", "load_sae", "save_sae",
+    "build_sae", "load_sae", "model_card", "save_sae",
 ]

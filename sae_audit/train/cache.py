@@ -87,7 +87,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         raise SaeAuditError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
         raise SaeAuditError(f"{path} does not describe an sae-audit activation cache")
-    if int(meta.get("schema_version", 0)) > CACHE_SCHEMA_VERSION:
+    version = meta.get("schema_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SaeAuditError(f"{path}: schema_version must be an integer, got {version!r}; rebuild the cache")
+    if version > CACHE_SCHEMA_VERSION:
         raise SaeAuditError(
             f"{path} has schema_version {meta['schema_version']}, newer than this sae-audit reads "
             f"({CACHE_SCHEMA_VERSION}); upgrade sae-audit"

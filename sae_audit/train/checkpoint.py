@@ -80,6 +80,14 @@ def load_checkpoint(folder, runs, train) -> tuple[int, int]:
         raise SaeAuditError(f"{path} is not a readable sae-audit checkpoint ({exc})") from None
     if not isinstance(state, dict) or state.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
         raise SaeAuditError(f"{path} is not an sae-audit checkpoint of schema {CHECKPOINT_SCHEMA_VERSION}")
+    try:
+        return _restore(state, folder, runs, train)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise SaeAuditError(f"{path} is not a complete sae-audit checkpoint ({type(exc).__name__}: {exc}); "
+                            "start afresh with `overwrite`") from None
+
+
+def _restore(state: dict, folder, runs, train) -> tuple[int, int]:
     saved_train = dict(state["train"])
     now = train.to_dict()
     # The checkpoint interval may change between runs; everything else must match.

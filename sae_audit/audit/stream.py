@@ -1,0 +1,242 @@
+"""One image set through the model and every SAE: the streaming pass and what it produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from sae_audit.audit.request import AuditSettings
+from sae_audit.data import ImageSet, iter_batches
+from sae_audit.errors import SaeAuditError
+from sae_audit.models import FamilyAdapter, HookPoint, VisionModel, capture, capture_and_pool, select_tokens
+from sae_audit.plugin_manager import BUILTIN, PluginError, get_plugin_manager
+from sae_audit.results import dataset_fingerprint
+from sae_audit.results.document import json_ready_problem
+from sae_audit.suites import SuiteBatch, SuiteContext, SuiteInfo
+from sae_audit.suites.coverage import CoverageAccumulator
+
+if TYPE_CHECKING:
+    from sae_audit.sae import SAE
+
+
+@dataclass(frozen=True)
+class AuditedSAE:
+    """An SAE with where it reads the model and how the report names it."""
+
+    spec: str
+    sae: SAE
+    hook_point: HookPoint
+    label: str
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """One audit run as the image-set hook sees it.
+
+    Attributes:
+        model: the audited :class:`~sae_audit.models.VisionModel`.
+        saes: the :class:`AuditedSAE` s, in order.
+        settings: the :class:`AuditSettings`.
+        suites: the :class:`~sae_audit.suites.SuiteInfo` s to run besides coverage.
+        judge: the model giving judge embeddings (``None``: the audited model).
+        progress: show a progress bar per image set.
+    """
+
+    model: VisionModel
+    saes: tuple[AuditedSAE, ...]
+    settings: AuditSettings
+    suites: tuple[SuiteInfo, ...] = ()
+    judge: VisionModel | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ImageSetAudit:
+    """What streaming one image set produced (see the ``sae_audit_audit_image_set`` hook).
+
+    Attributes:
+        coverage: one coverage accumulator per SAE, in order.
+        suites: one ``{suite name: accumulator}`` dict per SAE, in order.
+        description: the JSON-ready description of the set as read
+            (``name``, ``n_images``, ``n_skipped``, ``skipped``, provenance).
+    """
+
+    coverage: tuple
+    suites: tuple
+    description: dict
+
+
+def sae_label(spec: str, sae: SAE) -> str:
+    """How reports name an SAE: its folder's name, variant and budget (``k16 (fixed-k, k=16)``)."""
+    cfg = sae.config
+    return f"{Path(str(spec).rstrip('/')).name} ({cfg.variant}, k={cfg.k})"
+
+
+def sae_hook_point(sae: SAE, hook: str | None = None, tokens: str | None = None) -> HookPoint:
+    """The hook point of ``sae``: from its config, or from ``hook``/``tokens`` when it records none.
+
+    Raises:
+        SaeAuditError: neither the SAE config nor the caller names a hook point,
+            or they disagree.
+    """
+    cfg = sae.config
+    if hook is not None and cfg.hook_point is not None and HookPoint.parse(hook).block != HookPoint.parse(cfg.hook_point).block:
+        raise SaeAuditError(f"`hook` {hook} contradicts the SAE's own hook point {cfg.hook_point}", field="hook")
+    if tokens is not None and cfg.tokens is not None and tokens != cfg.tokens:
+        raise SaeAuditError(
+            f"`tokens` {tokens} contradicts the SAE's own token set {cfg.tokens!r} (it was trained on "
+            f"{cfg.tokens} tokens); leave `tokens` out for SAEs that record their token set", field="tokens"
+        )
+    text = hook or cfg.hook_point
+    if text is None:
+        raise SaeAuditError("the SAE does not record its hook point; pass `hook` (block.L)", field="hook")
+    return HookPoint.parse(text, tokens or cfg.tokens or "patch")
+
+
+def check_compatible(vm: VisionModel, item: AuditedSAE) -> None:
+    """Raise :class:`SaeAuditError` if ``item`` cannot read ``vm`` (depth, width or token layout)."""
+    vm.check_hook_point(item.hook_point, f"SAE {item.spec}: ")
+    if item.sae.d_in != vm.d_model:
+        raise SaeAuditError(
+            f"SAE {item.spec} has d_in={item.sae.d_in} but {vm.name} produces activations of width "
+            f"{vm.d_model} at {item.hook_point.name}; use an SAE trained on this model"
+        )
+
+
+# --------------------------------------------------------------------------- one image set
+@torch.no_grad()
+def audit_image_set(run: AuditContext, image_set: ImageSet) -> ImageSetAudit:
+    """Stream one image set through the model and every SAE (the built-in image-set pass).
+
+    Judge embeddings come from ``run.judge`` (default: the audited model
+    itself, from the same forward pass) when a suite needs them.
+
+    Raises:
+        SaeAuditError: no image of the set could be read (or one could not under
+            strict mode).
+    """
+    vm, saes, settings = run.model, run.saes, run.settings
+    judge = run.judge
+    accs = tuple(CoverageAccumulator(s.sae.d_sae, s.sae.d_in, s.sae.k, settings.dense_threshold) for s in saes)
+    judge_vm = judge or vm
+    want_emb = any(info.needs_embeddings for info in run.suites)
+    extra = tuple(
+        {info.name: info.factory(SuiteContext(s.sae, judge_vm.name, judge_vm.d_model if want_emb else None,
+                                              settings.images.seed)) for info in run.suites}
+        for s in saes
+    )
+    preprocess = vm.preprocess
+    if want_emb and judge is not None and judge is not vm:
+        preprocess = _PairedPreprocess(vm, judge)
+    it = iter_batches(image_set, preprocess, settings.images.batch_size, strict=settings.images.strict,
+                      progress=image_set.name if run.progress else None)
+    n_images, checked = 0, False
+    hps = [HookPoint.parse(h) for h in sorted({s.hook_point.name for s in saes})]
+    # The audited model as its own judge: one full forward gives both the block
+    # outputs and the pooled embedding (unless a plugin's adapter pools its own way).
+    one_pass = want_emb and not isinstance(preprocess, _PairedPreprocess) and \
+        type(vm.adapter).pooled is FamilyAdapter.pooled
+    for batch in it:
+        pixel_values, embeddings = batch.pixel_values, None
+        if isinstance(preprocess, _PairedPreprocess):
+            pixel_values, judge_pv = preprocess.split(pixel_values)
+            embeddings = judge.pooled(judge_pv).float().cpu()
+        elif want_emb and not one_pass:
+            embeddings = vm.pooled(pixel_values).float().cpu()
+        if one_pass:
+            acts, pooled = capture_and_pool(vm, pixel_values, hps)
+            embeddings = pooled.float().cpu()
+        else:
+            acts = capture(vm, pixel_values, hps)
+        n_images += pixel_values.shape[0]
+        for item, acc, more in zip(saes, accs, extra):
+            sb = _suite_batch(item, acts, vm, batch, embeddings)
+            acc.accumulate(sb)
+            for info in run.suites:
+                _suite_call(info, "accumulate", more[info.name].accumulate, sb)
+            if not checked:  # a plugin suite's output is checked on the first batch, before the long part
+                for info in run.suites:
+                    if info.plugin != BUILTIN:
+                        check_suite_output(info, _suite_call(info, "finish", more[info.name].finish))
+        checked = True
+    if n_images == 0:
+        raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
+    description = dict(image_set.describe())
+    description.update(dataset_fingerprint(image_set))
+    description.update({
+        "n_images": n_images,
+        "n_skipped": len(it.skipped),
+        "skipped": [{"item": str(a), "reason": str(b)} for a, b in it.skipped[:20]],
+    })
+    return ImageSetAudit(accs, extra, description)
+
+
+def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embeddings) -> SuiteBatch:
+    """Encode one batch's tokens at ``item``'s hook point: what every suite of that SAE reads."""
+    sel = select_tokens(acts[item.hook_point.name], item.hook_point.tokens, vm.layout)
+    n_tok = sel.shape[1]
+    x = sel.reshape(-1, sel.shape[-1]).float()
+    image_index = batch.indices.repeat_interleave(n_tok)
+    labels = batch.labels.repeat_interleave(n_tok)
+    finite = torch.isfinite(x).all(dim=1)
+    n_bad = int((~finite).sum())
+    if n_bad:
+        x, image_index, labels = x[finite], image_index[finite], labels[finite]
+    x = x.to(item.sae.W_enc.device)
+    codes = item.sae.encode(x)
+    x_hat = item.sae.decode(codes)
+    return SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad,
+                      images=batch.indices, image_labels=batch.labels, embeddings=embeddings)
+
+
+class _PairedPreprocess:
+    """Preprocess each batch for the audited model and for a separate judge model at once.
+
+    Returns one float32 tensor ``[B, P + Q]`` (both models' pixel values, flattened
+    side by side) so the batch iterator can carry it; :meth:`split` undoes it.
+    """
+
+    def __init__(self, vm: VisionModel, judge: VisionModel):
+        self.vm, self.judge = vm, judge
+        self.shapes: tuple | None = None
+
+    def __call__(self, images: list) -> torch.Tensor:
+        a, b = self.vm.preprocess(images), self.judge.preprocess(images)
+        self.shapes = (tuple(a.shape[1:]), tuple(b.shape[1:]))
+        return torch.cat([a.float().cpu().flatten(1), b.float().cpu().flatten(1)], dim=1)
+
+    def split(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sa, sb = self.shapes
+        n_a = int(torch.tensor(sa).prod())
+        a = packed[:, :n_a].reshape(-1, *sa).to(self.vm.device, self.vm.dtype)
+        b = packed[:, n_a:].reshape(-1, *sb).to(self.judge.device, self.judge.dtype)
+        return a, b
+
+
+# --------------------------------------------------------------------------- a whole audit
+
+
+def _suite_call(info: SuiteInfo, what: str, fn, *args):
+    """Call a suite's ``accumulate``/``finish``/``compare``; a plugin's failure names the plugin and the suite."""
+    return get_plugin_manager().guarded(info.plugin, f"the {what} of suite {info.name!r} (sae_audit_register_suites)",
+                                        fn, *args)
+
+
+def check_suite_output(info: SuiteInfo, value, what: str = "finish"):
+    """``value`` if it is a JSON-ready dict (see :func:`sae_audit.results.document.json_ready_problem`).
+
+    Raises:
+        PluginError: a plugin suite's output is not (names the plugin, the suite and the key).
+        TypeError: a built-in suite's is not (a bug in sae-audit).
+    """
+    problem = "it is not a dict" if not isinstance(value, dict) else json_ready_problem(value)
+    if problem is None:
+        return value
+    manager = get_plugin_manager()
+    msg = f"suite {info.name!r}: {what}() returned a value that cannot go into results.json: {problem}"
+    if info.plugin == BUILTIN:
+        raise TypeError(msg)
+    raise PluginError(f"{manager.who(info.plugin)}: {msg}")
