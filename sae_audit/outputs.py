@@ -78,11 +78,14 @@ def check_target_file(path: str | os.PathLike, field: str = "out") -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise SaeAuditError(f"`{field}` {path} is not a regular file (a device, FIFO or special file); sae-audit "
                             "only writes regular files", field=field)
-    real = Path(os.path.realpath(path))
-    if str(real).startswith(("/proc/", "/sys/", "/dev/")):
-        raise SaeAuditError(f"`{field}` {path} points into {real.parts[1] if len(real.parts) > 1 else real}; "
-                            "name an ordinary file", field=field)
-    return real
+    hop, seen = path, 0
+    while hop.is_symlink() and seen < 40:  # every hop of a link chain, not only its end (/dev/stdout -> /proc/...)
+        hop = Path(os.path.join(hop.parent, os.readlink(hop)))
+        seen += 1
+        if str(Path(os.path.abspath(hop))).startswith(("/proc/", "/sys/", "/dev/")):
+            raise SaeAuditError(f"`{field}` {path} is a link into {Path(os.path.abspath(hop)).parts[1]}; name an "
+                                "ordinary file", field=field)
+    return Path(os.path.realpath(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int | None = None, field: str = "out") -> None:
@@ -179,14 +182,19 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool, field: str = "out", 
     return out
 
 
-def _manifest_files(folder: Path) -> list[str]:
-    """The relative paths a folder's manifest lists (empty without a readable manifest)."""
+def _manifest(folder: Path) -> dict:
+    """A folder's manifest (``{}`` without a readable one)."""
     try:
         data = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        files = data.get("files", []) if isinstance(data, dict) else []
-        return [f for f in files if isinstance(f, str) and _safe_rel(f)]
     except (OSError, ValueError, RecursionError):
-        return []
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _manifest_files(folder: Path) -> list[str]:
+    """The relative paths a folder's manifest lists (empty without a readable manifest)."""
+    files = _manifest(folder).get("files", [])
+    return [f for f in files if isinstance(f, str) and _safe_rel(f)] if isinstance(files, list) else []
 
 
 def _safe_rel(rel: str) -> bool:
@@ -305,19 +313,33 @@ class OutputFolder:
         self._lock_fd = None
 
     def _recover(self) -> None:
-        """Repair what a killed run left: a missing folder with its old copy beside it, stray staging folders."""
+        """Repair what a killed run left beside the folder (see :meth:`commit` for the names).
+
+        ``staging-*``: an output never committed, only sae-audit's files: removed.
+        ``new-<token>``: a commit under way. If the folder's manifest carries the
+        token, the swap happened and the sibling holds the *old* output: its
+        files that sae-audit did not write are carried into the folder, the rest
+        removed. Otherwise the swap did not happen: the sibling holds the new
+        output, only sae-audit's files: removed. ``old-<token>``: the old output
+        moved aside by the two-rename swap: put back if the folder is missing,
+        else treated as above.
+        """
         parent = self.path.parent
         mine = f".{self.path.name}{_PREFIX}"
-        for p in sorted(parent.glob(f"{mine}*")):
+        current = _manifest(self.path).get("token")
+        leftovers = sorted(p for p in parent.glob(f"{mine}*") if p.is_dir() and not p.is_symlink())
+        for p in leftovers:  # old copies first: they may have to go back in place
             kind = p.name[len(mine):]
-            if kind.startswith("old-") and p.is_dir():
-                if not os.path.lexists(self.path):
-                    os.rename(p, self.path)  # killed between the two renames of the fallback swap
-                else:
-                    self._carry_foreign(p, self.path)
-                    shutil.rmtree(p, ignore_errors=True)
-            elif kind.startswith("staging-") and p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
+            if kind.startswith("old-") and not os.path.lexists(self.path):
+                os.rename(p, self.path)
+                current = _manifest(self.path).get("token")
+        for p in leftovers:
+            if not p.exists():
+                continue
+            kind = p.name[len(mine):]
+            if kind.startswith("old-") or (kind.startswith("new-") and kind[4:] == current):
+                self._carry_foreign(p, self.path)
+            shutil.rmtree(p, ignore_errors=True)
 
     # -- writing -------------------------------------------------------------
     def stage(self) -> Path:
@@ -356,20 +378,25 @@ class OutputFolder:
                 raise SaeAuditError(
                     f"{self.path / clash[0]} was not written by sae-audit and the new output would replace it; move "
                     f"it away and copy the new output from {stage}, or name another `{self.field}`", field=self.field)
-        manifest = {"format": "sae-audit output", "version": MANIFEST_VERSION, "files": written}
+        token = uuid.uuid4().hex
+        manifest = {"format": "sae-audit output", "version": MANIFEST_VERSION, "token": token, "files": written}
         (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         _fsync_tree(stage)
         if not os.path.lexists(self.path):
             os.rename(stage, self.path)
         else:
-            old = self._sibling(f"old-{uuid.uuid4().hex[:8]}")
-            if _exchange(stage, self.path):
-                os.rename(stage, old)  # stage now holds the old output
+            # Named for the commit: a run killed from here on is recovered by the next (see _recover).
+            new = self._sibling(f"new-{token}")
+            os.rename(stage, new)
+            self._stage = new
+            if _exchange(new, self.path):
+                aside = new  # now holds the old output
             else:
-                os.rename(self.path, old)
-                os.rename(stage, self.path)
-            self._carry_foreign(old, self.path)
-            shutil.rmtree(old, ignore_errors=True)
+                aside = self._sibling(f"old-{token}")
+                os.rename(self.path, aside)
+                os.rename(new, self.path)
+            self._carry_foreign(aside, self.path)
+            shutil.rmtree(aside, ignore_errors=True)
         self.committed = True
         return [self.path / w for w in written]
 
