@@ -8,8 +8,6 @@ this module *is* the list of built-ins (nothing else keeps a table of them).
 
 from __future__ import annotations
 
-from html import escape
-
 from sae_audit.hookspecs import hookimpl
 
 
@@ -82,24 +80,14 @@ def sae_audit_register_suites(register):
 
 
 def _plugins_section(results: dict):
-    from sae_audit.report.plugin_sections import ReportSection
+    from sae_audit.report.view import Section, Table
 
     plugins = [p for p in results.get("plugins") or [] if p.get("name") != "builtin"]
     if not plugins:
         return None
-    rows = [(p["name"], p.get("distribution") or "n/a", p.get("version") or "n/a") for p in plugins]
-
-    def md(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("`", "\\`")
-
-    markdown = "Plugins that took part in this audit:\n\n| plugin | distribution | version |\n|---|---|---|\n"
-    markdown += "".join(f"| {md(a)} | {md(b)} | {md(c)} |\n" for a, b, c in rows)
-    html = ("<table><caption>Plugins that took part in this audit</caption><thead><tr><th scope=\"col\">plugin"
-            "</th><th scope=\"col\">distribution</th><th scope=\"col\">version</th></tr></thead><tbody>")
-    html += "".join(f"<tr><th scope=\"row\">{escape(a)}</th><td>{escape(b)}</td><td>{escape(c)}</td></tr>"
-                    for a, b, c in rows)
-    html += "</tbody></table>"
-    return ReportSection("Plugins", markdown, html)
+    rows = [[p["name"], p.get("distribution") or "n/a", p.get("version") or "n/a"] for p in plugins]
+    return Section("plugins", "Plugins", [Table("Plugins that took part in this audit",
+                                                ["plugin", "distribution", "version"], rows)])
 
 
 @hookimpl

@@ -7,16 +7,7 @@ import base64
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
-from sae_audit.report.view import Table, View
-
-
-def _is_number(text: str) -> bool:
-    t = text.replace(",", "").replace("%", "").replace("−", "-")
-    try:
-        float(t)
-        return True
-    except ValueError:
-        return False
+from sae_audit.report.view import Table, View, is_number
 
 
 def html_table(t: Table) -> Markup:
@@ -27,7 +18,7 @@ def html_table(t: Table) -> Markup:
     parts.append("<tbody>")
     for row in t.rows:
         cells = [f'<th scope="row">{escape(row[0])}</th>']
-        cells += [f'<td class="num">{escape(c)}</td>' if _is_number(c) else f"<td>{escape(c)}</td>" for c in row[1:]]
+        cells += [f'<td class="num">{escape(c)}</td>' if is_number(c) else f"<td>{escape(c)}</td>" for c in row[1:]]
         parts.append("<tr>" + "".join(cells) + "</tr>")
     parts.append("</tbody></table>")
     return Markup("\n".join(parts))

@@ -13,7 +13,7 @@ import re
 
 from jinja2 import Environment, PackageLoader
 
-from sae_audit.report.view import Table, View
+from sae_audit.report.view import Table, View, is_number
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#!~])")
 
@@ -29,9 +29,12 @@ def md_escape(text) -> str:
 
 
 def md_table(t: Table) -> str:
+    """A pipe table; columns whose cells are all numbers are right-aligned (``---:``)."""
     header = ["", ""] if t.headless else t.header
+    numeric = [i > 0 and bool(t.rows) and all(i < len(r) and is_number(r[i]) for r in t.rows)
+               for i in range(len(header))]
     lines = ["| " + " | ".join(md_escape(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in t.rows]
     return "\n".join(lines) + "\n"
 

@@ -127,6 +127,16 @@ def _walk(sections):
                 stack[:0] = b.blocks
 
 
+def is_number(text: str) -> bool:
+    """Whether a table cell reads as a number (``1,234``, ``12.5%``, ``−0.3``): such cells are right-aligned."""
+    t = str(text).replace(",", "").replace("%", "").replace("−", "-").strip()
+    try:
+        float(t)
+        return True
+    except ValueError:
+        return False
+
+
 def fmt(value, digits: int = 3, pct: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -155,4 +165,4 @@ def direction(info: MetricInfo) -> str:
 
 
 __all__ = ["Block", "Bullets", "Details", "Figure", "Gallery", "Image", "Raw", "Section", "Table", "View", "direction",
-           "fmt", "fmt_metric"]
+           "fmt", "fmt_metric", "is_number"]

@@ -7,8 +7,6 @@ it with its plugin manager, which calls the functions below.
 from __future__ import annotations
 
 import re
-from html import escape
-
 from sae_audit.errors import SaeAuditError
 from sae_audit.hookspecs import hookimpl
 
@@ -43,8 +41,12 @@ def _fmt(v, pct: bool = False) -> str:
 
 
 def severity_section(results: dict):
-    """The "Corruption severity" report section, or ``None`` when no OOD set is a corrupted one."""
-    from sae_audit.report.plugin_sections import ReportSection
+    """The "Corruption severity" report section, or ``None`` when no OOD set is a corrupted one.
+
+    Returned as sae-audit's structured section model: the host escapes every
+    name and renders it into both reports.
+    """
+    from sae_audit.report.view import Section, Table
 
     corrupted = []
     for d in results.get("datasets", []):
@@ -56,13 +58,8 @@ def severity_section(results: dict):
     corrupted.sort()
     id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
     header = ["corruption", "severity", "base set", "FVU", "FVU gap (vs ID)", "shared alive", "JS divergence"]
-    md_parts = [
-        f"How each SAE's reconstruction and coverage change as the images are corrupted more "
-        f"(ID set: {id_name}; corruptions: Hendrycks and Dietterich 2019).",
-        "",
-    ]
-    html_parts = [f"<p>How each SAE's reconstruction and coverage change as the images are corrupted more "
-                  f"(ID set: {escape(id_name)}; corruptions: Hendrycks and Dietterich 2019).</p>"]
+    blocks: list = [f"How each SAE's reconstruction and coverage change as the images are corrupted more "
+                    f"(ID set: {id_name}; corruptions: Hendrycks and Dietterich 2019)."]
     for sae in results.get("saes", []):
         rows = []
         for kind, severity, base, name in corrupted:
@@ -70,18 +67,8 @@ def severity_section(results: dict):
             pair = next((p for p in sae.get("pairs", []) if p.get("ood") == name), {})
             rows.append([kind, str(severity), base, _fmt(stats.get("fvu")), _fmt(pair.get("fvu_gap")),
                          _fmt(pair.get("shared_alive"), pct=True), _fmt(pair.get("js_divergence"))])
-        label = sae.get("label", sae.get("spec", "SAE"))
-        md_parts.append(f"**{label.replace('*', '')}**")
-        md_parts.append("")
-        md_parts.append("| " + " | ".join(header) + " |")
-        md_parts.append("|" + "---|" * len(header))
-        md_parts += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        md_parts.append("")
-        html_parts.append(f"<table><caption>{escape(label)}</caption><thead><tr>"
-                          + "".join(f'<th scope="col">{escape(h)}</th>' for h in header) + "</tr></thead><tbody>")
-        html_parts += ["<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-        html_parts.append("</tbody></table>")
-    return ReportSection("Corruption severity", "\n".join(md_parts), "\n".join(html_parts))
+        blocks.append(Table(sae.get("label", sae.get("spec", "SAE")), header, rows))
+    return Section("corruption-severity", "Corruption severity", blocks)
 
 
 @hookimpl
