@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import unicodedata
 import zlib
 from typing import Any, BinaryIO
 
@@ -76,18 +77,33 @@ def describe_mode(mode: int) -> str:
     return "not a regular file"
 
 
+# Characters a name is shown without: controls (newline, escape, ...), line and paragraph separators, and
+# the bidirectional overrides that can make a name display as another one.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def printable(name: str | bytes | os.PathLike) -> str:
-    """A display form of a path or file name that is always printable UTF-8.
+    """A display form of a path or file name that is always valid, printable UTF-8.
 
     Bytes that are not UTF-8 (which :func:`os.fsdecode` keeps as lone
-    surrogates) become ``\\xNN``; control characters (newline, escape, ...)
-    become ``\\n``, ``\\x1b`` and so on. Printable names are returned unchanged.
+    surrogates) become ``\\xNN``; control characters (newline, escape, ...),
+    line and paragraph separators and bidirectional overrides become escapes
+    such as ``\\n``, ``\\x1b`` or ``\\u202e``. Every other name, in any script
+    and with any spaces, is returned unchanged.
     """
-    raw = os.fsencode(name)
+    try:
+        raw = os.fsencode(name)
+    except UnicodeEncodeError:  # a surrogate that is not a surrogate-escaped byte
+        raw = os.fspath(name).encode("utf-8", "surrogatepass")  # type: ignore[union-attr]
     text = raw.decode("utf-8", "backslashreplace")
-    if text.isprintable():
+    if all(ch.isprintable() for ch in text):
         return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in _HIDDEN_CATEGORIES or ch in _BIDI_CONTROLS else ch
+        for ch in text
+    )
 
 
 def check_regular(path: str | os.PathLike, what: str = "file") -> os.stat_result:

@@ -82,4 +82,7 @@ def test_printable_names() -> None:
     bad = os.fsdecode(b"bad\xff.png")
     assert printable(bad) == "bad\\xff.png"
     assert printable(b"a\nb\x1b[31m.png") == "a\\nb\\x1b[31m.png"
+    assert printable("evil\u202egnp.exe") == "evil\\u202egnp.exe"  # a bidi override cannot disguise a name
+    for fine in ("photo\xa01.png", "写真\u30001.png", "👩\u200d💻.png"):  # spaces and joiners of any script stay
+        assert printable(fine) == fine
     json.dumps(printable(bad), ensure_ascii=False).encode("utf-8")  # no lone surrogate left
