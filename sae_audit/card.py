@@ -234,7 +234,8 @@ def update_card_text(text: str, results: dict, report_link: str, where: str = "m
     return card.content
 
 
-def card_target(card: str | os.PathLike, results_path: str | os.PathLike | None = None) -> tuple[Path, os.stat_result | None]:
+def card_target(card: str | os.PathLike,
+                results_path: str | os.PathLike | None = None) -> tuple[Path, os.stat_result | None]:
     """The file a card update writes, and its current status (``None`` when it does not exist yet).
 
     Rules, so that writing a card never destroys something that is not a card:

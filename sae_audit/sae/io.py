@@ -115,7 +115,8 @@ def _read_native(folder: Path) -> TopKSAE:
 
 def _not_safetensors(path: Path, exc: BaseException) -> SaeAuditError:
     why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-    return SaeAuditError(f"{printable(path)} is not a readable safetensors file ({why}); sae-audit never unpickles weights")
+    return SaeAuditError(f"{printable(path)} is not a readable safetensors file ({why}); "
+                         "sae-audit never unpickles weights")
 
 
 def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:

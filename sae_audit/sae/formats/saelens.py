@@ -64,7 +64,8 @@ def _major_version(cfg: dict, source) -> int | None:
     if version is None:
         return None
     if not isinstance(version, str):
-        raise SaeAuditError(f"{source}: {where} must be a string such as \"6.5.1\", got {json_type(version)} {version!r}")
+        raise SaeAuditError(f"{source}: {where} must be a string such as \"6.5.1\", "
+                            f"got {json_type(version)} {version!r}")
     m = _VERSION.match(version)
     if m is None:
         raise SaeAuditError(f"{source}: {where} {version!r} is not a version number such as \"6.5.1\"")
