@@ -153,3 +153,10 @@ def test_header_types_and_nesting(tmp_path):
     edit_header(f / "sae.pt", lambda h: '{"schema": 2, "cfg": ' + deep + "}")
     with pytest.raises(SaeAuditError, match="nested too deeply"):
         load_sae(f)
+
+
+def test_a_header_without_an_activation_is_refused(tmp_path):
+    f = copy(ERAS / "schema1-relu", tmp_path / "s")
+    edit_header(f / "sae.pt", lambda h: {**h, "cls": "JumpRelu"})
+    with pytest.raises(SaeAuditError, match="names no activation .*cls is 'JumpRelu'"):
+        load_sae(f)

@@ -172,7 +172,10 @@ def _config(header: dict, source) -> SAEConfig:
             batch_level = schema == 1 or _written_by(header, SCHEMA2_BATCH_SELECTION_COMMITS)
             when = "saev schema 2, written between 2025-07-31 and 2025-08-07"
         elif act is None:
-            kind, params, b_dec_in = "Relu", {}, schema == 1
+            raise SaeAuditError(
+                f"{source}: header schema {schema} names no activation (cfg.activation, or the header's cls "
+                f"Relu/TopK/BatchTopK; cls is {header.get('cls')!r}), so its encoding is unknown"
+            )
         else:
             raise SaeAuditError(f"{source}: cfg.activation must be a JSON object, got {json_type(act)}")
     else:
