@@ -13,13 +13,20 @@ commit, by default as a pull request pinned to the revision it read
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import stat
+import tempfile
 from pathlib import Path
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.safe_files import describe_mode, printable, read_text
 
 BEGIN = "<!-- sae-audit:begin -->"
+BOM = "\ufeff"
+#: Largest model card read (16 MiB); hub cards are a few kilobytes.
+MAX_CARD_BYTES = 16 << 20
 END = "<!-- sae-audit:end -->"
 SOURCE_NAME = "sae-audit"
 TASK_TYPE = "image-feature-extraction"
@@ -33,12 +40,16 @@ CARD_METRICS = [("dataset", "fvu"), ("dataset", "alive_fraction"), ("pair", "fvu
 def split_front_matter(text: str, where: str = "model card") -> tuple[dict, str]:
     """Parse ``text`` into (front-matter dict, body) the way the hub reads a card.
 
+    A leading UTF-8 byte-order mark is ignored (the body never starts with it).
+
     Raises:
         SaeAuditError: the front matter is not closed, is not valid YAML (the
-            message gives the line and column in the file), or is not a mapping.
+            message gives the line and column in the file), is nested too
+            deeply for the YAML parser, or is not a mapping.
     """
     import yaml
 
+    text = text[1:] if text.startswith(BOM) else text
     lines = text.splitlines(keepends=True)
     if not lines or lines[0].strip() != "---":
         return {}, text
@@ -49,6 +60,10 @@ def split_front_matter(text: str, where: str = "model card") -> tuple[dict, str]
     block = "".join(lines[1:end])
     try:
         data = yaml.safe_load(block)
+    except RecursionError:
+        raise SaeAuditError(f"{where}: the YAML front matter (lines 2-{end}) is nested too deeply (lists or "
+                            "mappings inside each other thousands of levels deep); fix the card before sae-audit "
+                            "edits it") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 2}, column {mark.column + 1}" if mark is not None else ""
@@ -129,6 +144,42 @@ def card_section(results: dict, report_link: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- finding the section
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+def find_markers(body: str, marker: str) -> list[tuple[int, int]]:
+    """The ``(start, end)`` offsets in ``body`` of every ``marker`` that is a marker line outside code fences.
+
+    A marker line holds the marker alone, indented by at most three spaces (as
+    an HTML block must be in CommonMark: four make an indented code block).
+    Fenced code blocks follow CommonMark: a line of at least three backticks or
+    tildes, indented by at most three spaces (a backtick fence's info string
+    holds no backtick), opens a block that only a line of the same character,
+    at least as long and followed by nothing but spaces, closes; an unclosed
+    fence runs to the end of the document. A marker shown inside such a block
+    (say, in documentation of this very feature) is left alone.
+    """
+    out: list[tuple[int, int]] = []
+    fence: tuple[str, int] | None = None
+    for m in _LINE.finditer(body):
+        line = m.group().rstrip("\r\n")
+        f = _FENCE.match(line)
+        if fence is not None:
+            if f and f.group(1)[0] == fence[0] and len(f.group(1)) >= fence[1] and not f.group(2).strip(" \t"):
+                fence = None
+            continue
+        if f and not (f.group(1)[0] == "`" and "`" in f.group(2)):
+            fence = (f.group(1)[0], len(f.group(1)))
+            continue
+        text = line.rstrip(" \t")
+        indent = len(text) - len(text.lstrip(" "))
+        if indent <= 3 and text[indent:] == marker:
+            out.append((m.start() + indent, m.start() + indent + len(marker)))
+    return out
+
+
 # --------------------------------------------------------------------------- writing a card
 def card_path(path: str | os.PathLike) -> Path:
     """``path`` itself, or ``path/README.md`` for a folder.
@@ -140,7 +191,7 @@ def card_path(path: str | os.PathLike) -> Path:
     if p.is_dir():
         return p / "README.md"
     if str(path).endswith(("/", os.sep)):
-        raise SaeAuditError(f"model card folder {path} does not exist")
+        raise SaeAuditError(f"model card folder {printable(path)} does not exist")
     return p
 
 
@@ -148,12 +199,18 @@ def update_card_text(text: str, results: dict, report_link: str, where: str = "m
                      source_url: str | None = None) -> str:
     """The card ``text`` with the audit section and eval results in place (pure; no I/O).
 
+    The section is the text from the :data:`BEGIN` line to the :data:`END`
+    line; markers inside fenced code blocks are text, not markers (see
+    :func:`find_markers`). A leading byte-order mark is kept.
+
     Raises:
         SaeAuditError: malformed front matter (see :func:`split_front_matter`),
             markers present but out of order or repeated.
     """
     from huggingface_hub import ModelCard
 
+    if text.startswith(BOM):
+        return BOM + update_card_text(text[1:], results, report_link, where, source_url)
     meta, _ = split_front_matter(text, where)
     try:
         card = ModelCard(text if meta or text.lstrip().startswith("---") else "---\n{}\n---\n" + text)
@@ -161,12 +218,12 @@ def update_card_text(text: str, results: dict, report_link: str, where: str = "m
         raise SaeAuditError(f"{where}: huggingface_hub cannot read the card's metadata: {exc}") from None
     body = card.text
     section = card_section(results, report_link)
-    n_begin, n_end = body.count(BEGIN), body.count(END)
-    if n_begin != n_end or n_begin > 1 or (n_begin == 1 and body.index(BEGIN) > body.index(END)):
+    begins, ends = find_markers(body, BEGIN), find_markers(body, END)
+    if len(begins) != len(ends) or len(begins) > 1 or (begins and begins[0][0] > ends[0][0]):
         raise SaeAuditError(f"{where}: the sae-audit markers {BEGIN} / {END} are repeated or out of order; "
                             "remove the broken section by hand")
-    if n_begin:
-        start, stop = body.index(BEGIN), body.index(END) + len(END)
+    if begins:
+        start, stop = begins[0][0], ends[0][1]
         body = body[:start] + section.rstrip("\n") + body[stop:]
     else:
         body = body.rstrip("\n") + ("\n\n" if body.strip() else "\n") + section
@@ -178,34 +235,141 @@ def update_card_text(text: str, results: dict, report_link: str, where: str = "m
     return card.content
 
 
-def update_card(results: dict, card: str | os.PathLike, report_link: str, source_url: str | None = None) -> Path:
+def card_target(card: str | os.PathLike,
+                results_path: str | os.PathLike | None = None) -> tuple[Path, os.stat_result | None]:
+    """The file a card update writes, and its current status (``None`` when it does not exist yet).
+
+    Rules, so that writing a card never destroys something that is not a card:
+
+    - an existing card must be a regular file: a FIFO, a device (``/dev/stdout``),
+      a socket or a folder is refused, never replaced by a regular file;
+    - a symbolic link to a regular file is written *through*: the target file
+      gets the new content and the link stays a link; a dangling or looping
+      link is refused;
+    - a card nobody may write (no write bit in its mode, e.g. 0444) or this
+      user cannot write is refused, as is a card in a folder this user cannot
+      write;
+    - the card must not be ``results_path`` (the results being turned into the
+      card; compared as files, so links and hard links count), nor any file
+      that holds a sae-audit results document.
+
+    Raises:
+        SaeAuditError: one of the rules above is broken (the message says
+            which and what to do); the card's folder does not exist.
+    """
+    path = card_path(card)
+    shown = printable(path)
+    if os.path.islink(path):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise SaeAuditError(f"model card {shown} is a symbolic link that cannot be followed "
+                                f"({exc.strerror or exc}); point it at an existing file or pass another path") from None
+        target = Path(os.path.realpath(path))
+    else:
+        target = path
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise SaeAuditError(f"cannot use model card {shown}: {exc.strerror or exc}") from None
+    if st is None:
+        if not path.parent.is_dir():
+            raise SaeAuditError(f"cannot write model card {shown}: folder {printable(path.parent)} does not exist")
+    elif not stat.S_ISREG(st.st_mode):
+        raise SaeAuditError(f"model card {shown} is {describe_mode(st.st_mode)}, not a regular file; sae-audit "
+                            "only replaces regular files; pass the path of a README.md to write")
+    if results_path is not None and st is not None:
+        try:
+            same = os.path.samefile(target, results_path)
+        except OSError:
+            same = False
+        if same:
+            raise SaeAuditError(f"model card {shown} is the results file being read ({printable(results_path)}); "
+                                "pass another path for the card (e.g. the model's README.md)")
+    if st is not None:
+        if st.st_mode & 0o222 == 0 or not os.access(target, os.W_OK):
+            raise SaeAuditError(f"model card {shown} is read-only (mode {stat.S_IMODE(st.st_mode):04o}); make it "
+                                "writable (chmod u+w) or pass another path; it was left untouched")
+    if not os.access(target.parent, os.W_OK | os.X_OK):
+        raise SaeAuditError(f"cannot write model card {shown}: this user cannot create files in "
+                            f"{printable(target.parent)}")
+    return target, st
+
+
+def _looks_like_results(text: str) -> bool:
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "schema_version" in data and "saes" in data and "datasets" in data
+
+
+def _replace_file(target: Path, data: bytes, old: os.stat_result | None) -> None:
+    """Write ``data`` to ``target`` through a temporary file and a rename, keeping the old file's mode and owner."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            os.fchmod(f.fileno(), stat.S_IMODE(old.st_mode) if old is not None else 0o644)
+            if old is not None and hasattr(os, "fchown") and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(f.fileno(), old.st_uid, old.st_gid)
+                except OSError:
+                    pass  # only root may give a file away; the mode is kept either way
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def update_card(results: dict, card: str | os.PathLike, report_link: str, source_url: str | None = None,
+                results_path: str | os.PathLike | None = None) -> Path:
     """Insert or replace the audit section and eval results in the local card ``card`` (file or folder).
 
     ``report_link`` is where the section links the full report; ``source_url``
-    (default: the same) goes into each eval result's ``source.url``.
+    (default: the same) goes into each eval result's ``source.url``;
+    ``results_path``, the results file ``results`` was read from, is refused
+    as the card.
 
-    A missing card file is created. The file is written under a temporary name
-    and renamed, and the written card is parsed back with huggingface_hub's
-    :class:`~huggingface_hub.ModelCard` before it replaces the old one.
+    A missing card file is created (mode 0644). An existing one is checked by
+    :func:`card_target` (regular file, writable, not the results), read (at
+    most :data:`MAX_CARD_BYTES`, a leading UTF-8 byte-order mark kept),
+    written under a temporary name, parsed back with huggingface_hub's
+    :class:`~huggingface_hub.ModelCard`, and renamed over the old one with the
+    old one's mode (and owner, where allowed). A symbolic link to the card is
+    kept: its target is replaced.
 
+    Returns:
+        The path written (the link's target for a link).
     Raises:
-        SaeAuditError: malformed front matter or markers; the folder does not exist.
+        SaeAuditError: malformed front matter or markers; the folder does not
+            exist; any refusal of :func:`card_target`; the card is not UTF-8,
+            too large, or holds a sae-audit results document.
     """
     from huggingface_hub import ModelCard
 
-    from sae_audit.outputs import atomic_write_text
-
-    path = card_path(card)
-    if not path.parent.is_dir():
-        raise SaeAuditError(f"cannot write model card {path}: folder {path.parent} does not exist")
+    target, old = card_target(card, results_path)
+    shown = printable(card_path(card))
+    text = read_text(target, MAX_CARD_BYTES, "model card") if old is not None else ""
+    if _looks_like_results(text):
+        raise SaeAuditError(f"{shown} holds a sae-audit results document, not a model card; pass the card's "
+                            "path (e.g. the model's README.md) and leave the results where they are")
+    new = update_card_text(text, results, report_link, shown, source_url)
     try:
-        text = path.read_text(encoding="utf-8") if path.exists() else ""
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SaeAuditError(f"cannot read model card {path}: {exc}") from None
-    new = update_card_text(text, results, report_link, str(path), source_url)
-    ModelCard(new)  # validates the YAML and model-index the way the hub library reads them
-    atomic_write_text(path, new)
-    return path
+        ModelCard(new[1:] if new.startswith(BOM) else new)  # validates the YAML and model-index as the hub reads them
+    except (ValueError, TypeError) as exc:
+        raise SaeAuditError(f"{shown}: huggingface_hub cannot read the updated card: {exc}") from None
+    try:
+        _replace_file(target, new.encode("utf-8"), old)
+    except OSError as exc:
+        raise SaeAuditError(f"cannot write model card {shown}: {exc.strerror or exc}; it was left untouched") from None
+    return target
 
 
 # --------------------------------------------------------------------------- pushing

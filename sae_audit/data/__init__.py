@@ -13,9 +13,11 @@ import re
 from pathlib import Path
 
 from sae_audit.data.base import (
+    DEFAULT_MAX_PIXELS,
     ImageSet,
     Subset,
     UnreadableImageError,
+    check_max_pixels,
     subsample,
     to_rgb,
 )
@@ -26,8 +28,10 @@ from sae_audit.data.loader import Batch, BatchIterator, iter_batches
 from sae_audit.data.options import ImageOptions
 from sae_audit.data.registry import list_named_sets, named_set_descriptions, open_registered
 from sae_audit.errors import SaeAuditError
+from sae_audit.safe_files import check_regular, open_regular, printable
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "Batch",
     "BatchIterator",
@@ -78,14 +82,15 @@ def _looks_like_idx(path: Path) -> bool:
     if _IDX_IMAGES_RE.match(path.name) or "idx" in path.name.lower():
         return True
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "image set file") as f:
             head = f.read(4)
-    except OSError:
+    except (OSError, SaeAuditError):
         return False
     return len(head) == 4 and head[:3] == b"\x00\x00\x08" and head[3] in (3, 4)
 
 
-def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, seed: int = 0) -> ImageSet:
+def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, seed: int = 0, *,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageSet:
     """Open an image set from a user's spec.
 
     ``spec`` is tried in this order:
@@ -103,6 +108,10 @@ def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, 
         max_images: keep a fixed pseudo-random subset of at most this many
             images (:func:`subsample`); ``None`` keeps all.
         seed: the subsample's seed.
+        max_pixels: the most pixels decoded per image (default
+            :data:`~sae_audit.data.base.DEFAULT_MAX_PIXELS`, 4096 x 4096); larger
+            images are skipped as unreadable (JPEGs are first decoded at a
+            reduced scale when that fits). ``None``: Pillow's own limit only.
 
     Returns:
         An :class:`ImageSet` (a :class:`Subset` when subsampled).
@@ -111,27 +120,32 @@ def open_image_set(spec: str | os.PathLike[str], max_images: int | None = None, 
         SaeAuditError: unknown name that is not an existing path (the message
             lists the known names); a file that is not an IDX images file; the
             errors of the set's constructor (empty folder, corrupt IDX,
-            missing package, ...); ``max_images < 1``. A plugin's factory
+            missing package, ...); a path that is a FIFO, a device or a
+            broken link; ``max_images < 1``; a bad ``max_pixels``. A plugin's factory
             that fails otherwise raises
             :class:`~sae_audit.plugin_manager.PluginError` (a subclass) naming it.
     """
     text = os.fspath(spec)
+    check_max_pixels(max_pixels)
     image_set = open_registered(text)
     if image_set is None:
         path = Path(text).expanduser()
         if path.is_dir():
-            image_set = ImageFolderSet(path)
+            image_set = ImageFolderSet(path, max_pixels=max_pixels)
+        elif os.path.lexists(path) and not path.is_file():
+            check_regular(path, "image set")  # raises, naming what it is (FIFO, device, broken link)
         elif path.is_file():
             if not _looks_like_idx(path):
                 raise SaeAuditError(
                     f"{text!r} is a file but not an IDX images file; pass a folder of images, "
                     f"an IDX file, or one of the named sets: {', '.join(list_named_sets())}"
                 )
-            image_set = IdxSet(path, find_idx_labels(path))
+            image_set = IdxSet(path, find_idx_labels(path), max_pixels=max_pixels)
         else:
             known = "\n".join(f"  {name}: {desc}" for name, desc in named_set_descriptions().items())
             raise SaeAuditError(
-                f"image set {text!r} is neither a known name nor an existing folder or file.\n"
+                f"image set {printable(text)!r} is neither a known name nor an existing folder or file.\n"
                 f"Known image sets:\n{known}"
             )
+    image_set.max_pixels = max_pixels
     return subsample(image_set, max_images, seed=seed)

@@ -25,6 +25,8 @@ from sae_audit.errors import SaeAuditError
 
 __all__ = [
     "DECODE_ERRORS",
+    "DEFAULT_MAX_PIXELS",
+    "MAX_IMAGE_FILE_BYTES",
     "ImageSet",
     "Subset",
     "UnreadableImageError",
@@ -45,6 +47,54 @@ DECODE_ERRORS: tuple[type[BaseException], ...] = (
     zlib.error,
     Image.DecompressionBombError,
 )
+
+
+#: Default cap on the pixels decoded per image (4096 x 4096 = 16,777,216): 16 times the area of the
+#: largest input a common vision model takes (1024 x 1024) and 334 times a 224 x 224 one, so no model
+#: needs more; it bounds one decoded image to 64 MiB of RGBA. Larger JPEGs are decoded at 1/2, 1/4 or
+#: 1/8 scale (libjpeg's DCT scaling, Pillow's ``draft``) to fit; other formats cannot be decoded
+#: reduced and are skipped as unreadable, naming the cap. Change it per set (``max_pixels``).
+DEFAULT_MAX_PIXELS = 4096 * 4096
+#: Largest image file read (256 MiB), larger than any image within :data:`DEFAULT_MAX_PIXELS`
+#: stored uncompressed at 16 bytes a pixel.
+MAX_IMAGE_FILE_BYTES = 256 << 20
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """``max_pixels`` when it is a positive int or ``None`` (no cap beyond Pillow's own); SaeAuditError otherwise."""
+    if max_pixels is None:
+        return None
+    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
+        raise SaeAuditError(f"max_pixels must be a positive integer (pixels per image) or None, got {max_pixels!r}")
+    return max_pixels
+
+
+def limit_pixels(img: Image.Image, max_pixels: int | None) -> Image.Image:
+    """Make sure decoding ``img`` (opened, not yet loaded) yields at most ``max_pixels`` pixels.
+
+    A JPEG over the cap is set to decode at the largest of 1/2, 1/4, 1/8 scale
+    that fits (Pillow's :meth:`~PIL.Image.Image.draft`; nothing is decoded here).
+
+    Raises:
+        ValueError: the image is over the cap and its format cannot be decoded
+            reduced enough (the message gives its size and the cap).
+    """
+    if max_pixels is None:
+        return img
+    w, h = img.size
+    if w * h <= max_pixels:
+        return img
+    if img.format in ("JPEG", "MPO"):
+        for d in (2, 4, 8):
+            if -(-w // d) * -(-h // d) <= max_pixels:
+                img.draft(None, (max(1, w // d), max(1, h // d)))
+                break
+        if img.size[0] * img.size[1] <= max_pixels:
+            return img
+    raise ValueError(
+        f"image is {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel decoding cap (max_pixels); "
+        "downscale it, or raise max_pixels if you have the memory"
+    )
 
 
 class UnreadableImageError(SaeAuditError):
@@ -175,6 +225,8 @@ class ImageSet(ABC):
     name: str = "images"
     source: str = ""
     classes: list[str] | None = None
+    #: Pixels decoded per image at most (see :data:`DEFAULT_MAX_PIXELS`); ``None``: Pillow's own limit only.
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     @abstractmethod
     def __len__(self) -> int:
@@ -202,15 +254,19 @@ class ImageSet(ABC):
             orientation applied; first frame of animations; alpha composited
             onto white; see :func:`to_rgb`).
 
+        At most :attr:`max_pixels` pixels are decoded: the size is read from
+        the header first, and a JPEG over the cap is decoded at a reduced scale
+        (see :func:`limit_pixels`).
+
         Raises:
             IndexError: ``i`` is not in ``range(len(self))``.
-            UnreadableImageError: the file is missing, truncated, not an image
-                or otherwise undecodable (a :class:`SaeAuditError` naming the
-                item).
+            UnreadableImageError: the file is missing, not a regular file (a
+                FIFO, a device), truncated, not an image, over the pixel cap or
+                otherwise undecodable (a :class:`SaeAuditError` naming the item).
         """
         self._check_index(i)
         try:
-            img = self._open(i)
+            img = limit_pixels(self._open(i), self.max_pixels)
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             img.load()
@@ -269,6 +325,15 @@ class Subset(ImageSet):
 
     def _open(self, i: int) -> Image.Image:  # pragma: no cover - load delegates
         return self.base._open(self.indices[i])
+
+    @property  # type: ignore[override]
+    def max_pixels(self) -> int | None:
+        """The base set's cap (images are decoded by the base set)."""
+        return self.base.max_pixels
+
+    @max_pixels.setter
+    def max_pixels(self, value: int | None) -> None:
+        self.base.max_pixels = check_max_pixels(value)
 
     def load(self, i: int) -> Image.Image:
         return self.base.load(self.base_index(i))

@@ -16,17 +16,20 @@ which one to install when they are missing.
 
 from __future__ import annotations
 
-import gzip
 import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sae_audit.data.base import ImageSet
+from sae_audit.data.base import DECODE_ERRORS, ImageSet
 from sae_audit.data.folder import ImageFolderSet
 from sae_audit.data.idx import IdxSet
 from sae_audit.errors import SaeAuditError
+from sae_audit.safe_files import gunzip_bytes, printable, read_bytes
+
+# digits.png is 2000x1000 grey, about 700 KB; anything much larger is not it.
+_DIGITS_MAX_BYTES = 64 << 20
 
 __all__ = [
     "CLIPART_DIR",
@@ -100,16 +103,20 @@ class DigitsSet(ImageSet):
                 )
             path = found
         path = Path(path)
-        data = path.read_bytes()
+        data = read_bytes(path, _DIGITS_MAX_BYTES, "digits image")
         if path.suffix == ".gz":
-            data = gzip.decompress(data)
-        with Image.open(io.BytesIO(data)) as im:
-            grid = np.asarray(im.convert("L"))
-        if grid.shape != (self.ROWS * self.CELL, self.COLS * self.CELL):
-            raise SaeAuditError(
-                f"{str(path)!r} is {grid.shape[1]}x{grid.shape[0]}, expected OpenCV's "
-                "2000x1000 digits.png; reinstall opencv-doc"
-            )
+            data = gunzip_bytes(data, _DIGITS_MAX_BYTES, f"digits image {printable(path)!r}")
+        want = (self.COLS * self.CELL, self.ROWS * self.CELL)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.size != want:  # checked on the header, before decoding
+                    raise SaeAuditError(
+                        f"{printable(path)!r} is {im.size[0]}x{im.size[1]}, expected OpenCV's "
+                        "2000x1000 digits.png; reinstall opencv-doc"
+                    )
+                grid = np.asarray(im.convert("L"))
+        except DECODE_ERRORS as exc:
+            raise SaeAuditError(f"{printable(path)!r} is not a readable PNG ({exc}); reinstall opencv-doc") from None
         # [50, 20, 100, 20] -> [50, 100, 20, 20] -> [5000, 20, 20]
         c = self.CELL
         self._cells = np.ascontiguousarray(

@@ -9,10 +9,21 @@ from typing import Literal
 
 from PIL import Image
 
-from sae_audit.data.base import ImageSet
+from sae_audit.data.base import (
+    DEFAULT_MAX_PIXELS,
+    MAX_IMAGE_FILE_BYTES,
+    ImageSet,
+    UnreadableImageError,
+    check_max_pixels,
+)
 from sae_audit.errors import SaeAuditError
+from sae_audit.safe_files import printable, read_bytes
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderSet"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_FOLDER_DEPTH", "ImageFolderSet"]
+
+#: Deepest folder nesting walked below an image folder's root. Real image trees are a few levels deep;
+#: a deeper one is refused with a message rather than walked (path lengths approach the system's limit).
+MAX_FOLDER_DEPTH = 64
 
 #: File extensions (lower case, with the dot) recognised as images; matching is
 #: case-insensitive (``.JPG`` counts).
@@ -44,12 +55,29 @@ class ImageFolderSet(ImageSet):
     (error otherwise); ``labels="none"`` always gives an unlabeled set.
 
     Files are not opened here: an unreadable file is found by :meth:`load`
-    (see :func:`sae_audit.data.loader.iter_batches` for skipping).
+    (see :func:`sae_audit.data.loader.iter_batches` for skipping). That
+    includes a name with an image extension that is not a regular file (a
+    FIFO, a device, a link to one): it is never opened, and is skipped and
+    counted like a corrupt image (an error in strict mode). Files larger than
+    :data:`~sae_audit.data.base.MAX_IMAGE_FILE_BYTES` and images over
+    ``max_pixels`` (:data:`~sae_audit.data.base.DEFAULT_MAX_PIXELS`) are
+    skipped the same way.
+
+    Names are kept as the file system gives them, so every file can be opened,
+    but ids, class names and the set's name are shown through
+    :func:`sae_audit.safe_files.printable`: a name that is not UTF-8 (say,
+    ``bad\xff.png``) or holds control characters gets backslash escapes, so
+    it can be written to JSON and terminals. Subfolders that cannot be read
+    are left out and listed in :attr:`unreadable_folders`.
+
+    The tree is walked iteratively; folders nested more than
+    :data:`MAX_FOLDER_DEPTH` levels below ``root`` are refused.
 
     Raises:
-        SaeAuditError: ``root`` does not exist, is not a folder, or contains no
-            image files; or ``labels="folders"`` and an image lies directly in
-            ``root``.
+        SaeAuditError: ``root`` does not exist, is not a folder, cannot be
+            read, contains no image files or folders nested too deeply; or
+            ``labels="folders"`` and an image lies directly in ``root``;
+            ``max_pixels`` is not a positive integer or None.
     """
 
     def __init__(
@@ -58,31 +86,28 @@ class ImageFolderSet(ImageSet):
         *,
         name: str | None = None,
         labels: Literal["auto", "folders", "none"] = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if labels not in ("auto", "folders", "none"):
             raise SaeAuditError(f"labels must be 'auto', 'folders' or 'none', got {labels!r}")
+        self.max_pixels = check_max_pixels(max_pixels)
+        shown = printable(root)
         root_path = Path(root).expanduser()
         if not root_path.exists():
-            raise SaeAuditError(f"image folder {str(root)!r} does not exist")
+            raise SaeAuditError(f"image folder {shown!r} does not exist")
         if not root_path.is_dir():
-            raise SaeAuditError(f"{str(root)!r} is not a folder; pass a folder of images")
+            raise SaeAuditError(f"{shown!r} is not a folder; pass a folder of images")
         self.root = root_path.resolve()
-        self.name = name or self.root.name or str(self.root)
-        self.source = str(self.root)
+        self.name = name or printable(self.root.name or str(self.root))
+        self.source = printable(self.root)
+        #: ``(relative folder, reason)`` for each subfolder that could not be listed.
+        self.unreadable_folders: list[tuple[str, str]] = []
 
-        rel_paths: list[tuple[str, ...]] = []
-        for dirpath, dirnames, filenames in os.walk(self.root, onerror=None):
-            dirnames[:] = [d for d in dirnames if not _is_hidden(d)]
-            rel_dir = Path(dirpath).relative_to(self.root).parts
-            for fn in filenames:
-                if _is_hidden(fn):
-                    continue
-                if os.path.splitext(fn)[1].lower() in IMAGE_EXTENSIONS:
-                    rel_paths.append(rel_dir + (fn,))
+        rel_paths = self._walk(shown)
         if not rel_paths:
             exts = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
             raise SaeAuditError(
-                f"no images found under {str(root)!r} (looked for files ending in {exts}, "
+                f"no images found under {shown!r} (looked for files ending in {exts}, "
                 "case-insensitive, in the folder and all its subfolders)"
             )
         rel_paths.sort()
@@ -99,9 +124,44 @@ class ImageFolderSet(ImageSet):
             self.classes = None
             self._labels: list[int] | None = None
         else:
-            self.classes = sorted({p[0] for p in rel_paths})
-            index = {c: k for k, c in enumerate(self.classes)}
+            names = sorted({p[0] for p in rel_paths})
+            index = {c: k for k, c in enumerate(names)}
+            self.classes = [printable(c) for c in names]
             self._labels = [index[p[0]] for p in rel_paths]
+
+    def _walk(self, shown: str) -> list[tuple[str, ...]]:
+        """Relative paths (tuples of names) of the image-named entries under the root, without recursion."""
+        rel_paths: list[tuple[str, ...]] = []
+        stack: list[tuple[str, ...]] = [()]
+        while stack:
+            rel = stack.pop()
+            if len(rel) > MAX_FOLDER_DEPTH:
+                raise SaeAuditError(
+                    f"image folder {shown!r} has folders nested more than {MAX_FOLDER_DEPTH} levels deep "
+                    f"({printable('/'.join(rel[:4]))}/...); sae-audit does not walk that deep: move the images "
+                    "into a shallower tree"
+                )
+            try:
+                with os.scandir(self.root.joinpath(*rel)) as it:
+                    entries = list(it)
+            except OSError as exc:
+                if not rel:
+                    raise SaeAuditError(f"cannot read image folder {shown!r}: {exc.strerror or exc}") from None
+                self.unreadable_folders.append(("/".join(printable(p) for p in rel), exc.strerror or str(exc)))
+                continue
+            for entry in entries:
+                if _is_hidden(entry.name):
+                    continue
+                try:
+                    is_dir = entry.is_dir()  # follows links, as os.walk classifies
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    if not entry.is_symlink():  # symlinked folders are not followed
+                        stack.append(rel + (entry.name,))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    rel_paths.append(rel + (entry.name,))
+        return rel_paths
 
     def _drop_duplicate_links(self, rel_paths: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
         """Drop symlinks whose target is a regular file already in the set.
@@ -115,7 +175,7 @@ class ImageFolderSet(ImageSet):
         if not links:
             return rel_paths
         link_set = set(links)
-        # root is resolved and os.walk does not enter symlinked folders, so a
+        # root is resolved and the walk does not enter symlinked folders, so a
         # regular file's path is already its real path.
         real = {str(self.root.joinpath(*p)) for p in rel_paths if p not in link_set}
         dup = {p for p in links if os.path.realpath(self.root.joinpath(*p)) in real}
@@ -130,9 +190,9 @@ class ImageFolderSet(ImageSet):
         return self.root.joinpath(*self._paths[i])
 
     def item_id(self, i: int) -> str:
-        """The image's path relative to ``root``, with ``/`` separators."""
+        """The image's path relative to ``root``, with ``/`` separators, in printable form (see the class)."""
         self._check_index(i)
-        return "/".join(self._paths[i])
+        return "/".join(printable(p) for p in self._paths[i])
 
     def label(self, i: int) -> int:
         self._check_index(i)
@@ -140,6 +200,11 @@ class ImageFolderSet(ImageSet):
 
     def _open(self, i: int) -> Image.Image:
         # Read the bytes first so the file handle is closed at once, even for
-        # lazily decoded formats and when decoding fails.
-        data = self.path(i).read_bytes()
+        # lazily decoded formats and when decoding fails. Only regular files are
+        # opened (a FIFO would block, /dev/zero never end), and at most
+        # MAX_IMAGE_FILE_BYTES are read.
+        try:
+            data = read_bytes(self.path(i), MAX_IMAGE_FILE_BYTES, "image file")
+        except SaeAuditError as exc:
+            raise UnreadableImageError(self.item_id(i), str(exc), self.name) from None
         return Image.open(io.BytesIO(data))

@@ -11,39 +11,41 @@ name).
 
 from __future__ import annotations
 
-import gzip
 import os
-import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
-from sae_audit.data.base import ImageSet
+from sae_audit.data.base import DEFAULT_MAX_PIXELS, ImageSet, check_max_pixels
 from sae_audit.errors import SaeAuditError
+from sae_audit.safe_files import check_regular, gunzip_bytes, open_regular, printable
 
-__all__ = ["IdxSet", "read_idx"]
+__all__ = ["MAX_IDX_GZIP_BYTES", "IdxSet", "read_idx"]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+#: Largest decompressed size of a gzip-compressed IDX file (2 GiB), which is decompressed into
+#: memory; Fashion-MNIST's training images are 47 MB. Raw (uncompressed) files are memory-mapped
+#: and have no such cap.
+MAX_IDX_GZIP_BYTES = 2 << 30
 
 
 def _read_bytes(path: Path) -> bytes | np.ndarray:
-    """The decompressed content of ``path`` (a read-only memmap for raw files)."""
-    with open(path, "rb") as f:
+    """The decompressed content of ``path`` (a read-only memmap for raw files).
+
+    Raises:
+        SaeAuditError: not a regular file; a gzip file that is corrupt,
+            truncated, or expands past :data:`MAX_IDX_GZIP_BYTES`.
+    """
+    with open_regular(path, "IDX file") as f:
         head = f.read(2)
-    if head == _GZIP_MAGIC:
-        try:
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        except (EOFError, OSError, zlib.error) as exc:
-            raise SaeAuditError(
-                f"IDX file {str(path)!r} is a corrupt or truncated gzip file ({exc}); "
-                "download or copy it again"
-            ) from exc
-    if os.path.getsize(path) == 0:
-        return b""
-    return np.memmap(path, dtype=np.uint8, mode="r")
+        if head == _GZIP_MAGIC:
+            data = head + f.read(MAX_IDX_GZIP_BYTES + 1)
+            return gunzip_bytes(data, MAX_IDX_GZIP_BYTES, f"IDX file {printable(path)!r}")
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return np.memmap(f, dtype=np.uint8, mode="r")
 
 
 def read_idx(path: str | os.PathLike[str], expect_ndim: Sequence[int] | None = None) -> np.ndarray:
@@ -65,8 +67,9 @@ def read_idx(path: str | os.PathLike[str], expect_ndim: Sequence[int] | None = N
             or its size does not match its header (truncated or corrupt).
     """
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise SaeAuditError(f"IDX file {str(path)!r} does not exist or is not a file")
+    if not os.path.lexists(p):
+        raise SaeAuditError(f"IDX file {printable(path)!r} does not exist")
+    check_regular(p, "IDX file")
     buf = _read_bytes(p)
     raw = np.frombuffer(buf, dtype=np.uint8) if isinstance(buf, bytes) else buf
     if raw.size < 4:
@@ -112,14 +115,17 @@ class IdxSet(ImageSet):
         classes: class names, indexed by label value; ``None`` leaves them
             unnamed (labels are still returned).
         name: the set's name (default: the images file name).
+        max_pixels: the most pixels an image may have (``H * W``); ``None``
+            for no cap.
 
     ``load(i)`` returns an ``RGB`` image of size ``W x H`` (grey replicated to
     three channels).
 
     Raises:
-        SaeAuditError: a file is missing, corrupt or truncated (see
-            :func:`read_idx`); the label count differs from the image count; a
-            label is outside ``range(len(classes))``.
+        SaeAuditError: a file is missing, not a regular file, corrupt or
+            truncated (see :func:`read_idx`); the label count differs from the
+            image count; a label is outside ``range(len(classes))``; the images
+            are larger than ``max_pixels``.
     """
 
     def __init__(
@@ -129,10 +135,18 @@ class IdxSet(ImageSet):
         classes: Sequence[str] | None = None,
         *,
         name: str | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
+        self.max_pixels = check_max_pixels(max_pixels)
         self.images_path = Path(images_path).expanduser()
         self.labels_path = Path(labels_path).expanduser() if labels_path is not None else None
         self._images = read_idx(self.images_path, expect_ndim=(3, 4))
+        height, width = (int(d) for d in self._images.shape[1:3])
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            raise SaeAuditError(
+                f"IDX images {printable(self.images_path)!r} are {width}x{height} = {width * height:,} pixels each, "
+                f"over the {self.max_pixels:,}-pixel cap (max_pixels); raise max_pixels if that is intended"
+            )
         if self._images.ndim == 4 and self._images.shape[3] not in (1, 3):
             raise SaeAuditError(
                 f"IDX images {str(self.images_path)!r} have {self._images.shape[3]} channels; "
@@ -155,8 +169,8 @@ class IdxSet(ImageSet):
                     f"label {top} in {str(self.labels_path)!r} has no class name "
                     f"(only {len(self.classes)} classes given)"
                 )
-        self.name = name or self.images_path.name
-        self.source = str(self.images_path)
+        self.name = name or printable(self.images_path.name)
+        self.source = printable(self.images_path)
 
     def __len__(self) -> int:
         return int(self._images.shape[0])
@@ -183,7 +197,7 @@ class IdxSet(ImageSet):
 
     def item_id(self, i: int) -> str:
         self._check_index(i)
-        return f"{self.images_path.name}#{i}"
+        return f"{printable(self.images_path.name)}#{i}"
 
     def _open(self, i: int) -> Image.Image:
         a = np.ascontiguousarray(self._images[i])

@@ -9,8 +9,8 @@ from sae_audit.options import option
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "bfloat16", "float16")
-#: The largest input side accepted (pixels): 1,792 px is 128 x 128 patches of 14 px.
-MAX_IMAGE_SIZE = 1792
+#: The largest input side accepted (pixels); the SAE config and the image decoder use the same bound.
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ class SAEConfig:
         model_revision: its revision (commit hash where known).
         hook_point: where it reads the model, e.g. ``"block.6"``.
         tokens: token set, one of ``cls``, ``patch``, ``mean``, ``all``.
-        image_size: the input resolution used in training (pixels), if fixed.
+        image_size: the input resolution used in training (pixels), if fixed; at most 4096.
+            ``norm_scale`` must lie in [1e-12, 1e12].
         schema_version: version of this on-disk format.
     """
 
@@ -110,6 +111,22 @@ class SAEConfig:
                 raise SaeAuditError(f"SAE config: {name} must be >= 0")
         if not self.norm_scale > 0:
             raise SaeAuditError("SAE config: norm_scale must be > 0")
+        # Bounds (documented in the messages): inputs are multiplied by norm_scale and outputs divided by it in
+        # float32, and FVU sums squares of both; within [1e-12, 1e12] neither (scale * x)^2 nor 1/scale leaves
+        # float32's range for activations up to 1e4, while real scales (sqrt(d_in) / E||x||) are within 1e-6..1e6.
+        if not 1e-12 <= self.norm_scale <= 1e12:
+            raise SaeAuditError(
+                f"SAE config: norm_scale={self.norm_scale!r} is outside [1e-12, 1e12]; inputs scaled by it (and "
+                "its square in the FVU) overflow or underflow float32, so every metric would be null. Fix the "
+                "scale in config.json (it should be sqrt(d_in) / E||x|| of the training activations)"
+            )
+        # image_size: no vision model reads more than 4096 px a side (4096^2 is also the image decoder's default
+        # pixel cap, sae_audit.data.base.DEFAULT_MAX_PIXELS); a larger value would resize every image to it.
+        if self.image_size is not None and self.image_size > 4096:
+            raise SaeAuditError(
+                f"SAE config: image_size={self.image_size} is larger than 4096 pixels, the most sae-audit "
+                "accepts; fix image_size in the SAE's config (the training input resolution, e.g. 224)"
+            )
         if self.schema_version > SAE_SCHEMA_VERSION:
             raise SaeAuditError(
                 f"SAE config has schema_version {self.schema_version}, newer than this "

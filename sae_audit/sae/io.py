@@ -20,8 +20,9 @@ and sparsify (:mod:`sae_audit.sae.formats`). :func:`load_sae` tries them in orde
 
 from __future__ import annotations
 
-import json
 import os
+import stat
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.safe_files import check_regular, describe_mode, printable, read_json_file
 from sae_audit.sae.base import CONFIG_NAME, SAE, WEIGHTS_NAME
 from sae_audit.sae.config import SAEConfig
 from sae_audit.sae.registry import read_sae_folder, sae_formats
@@ -49,46 +51,124 @@ def save_sae(sae: SAE, out_dir: str | os.PathLike, readme: str | None = None, ov
 
 
 def detect_native(folder: Path) -> bool:
-    """``config.json`` beside ``model.safetensors``; a broken config is the native reader's to report."""
-    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).exists():
+    """``config.json`` beside ``model.safetensors``; a broken config is the native reader's to report.
+
+    A config or weights name that exists but is not a regular file (a FIFO, a
+    device, a dangling link) also claims the folder, so the reader can say what
+    is wrong with it instead of "not an SAE folder"; nothing is opened here but
+    a regular ``config.json`` of at most :data:`~sae_audit.safe_files.MAX_CONFIG_BYTES`.
+    """
+    cfg_path = folder / CONFIG_NAME
+    if not os.path.lexists(cfg_path) or not os.path.lexists(folder / WEIGHTS_NAME):
         return False
     try:
-        cfg = json.loads((folder / CONFIG_NAME).read_text())
-    except (OSError, ValueError):
-        return True  # unreadable JSON: let the native reader say so precisely
-    return isinstance(cfg, dict) and "d_sae" in cfg and "architecture" in cfg
+        cfg = read_json_file(cfg_path, "SAE config")
+    except SaeAuditError:
+        return True  # not a regular file, too large, not JSON: let the native reader say so precisely
+    return "d_sae" in cfg and "architecture" in cfg
 
 
 def read_native(folder: Path) -> TopKSAE:
-    """Read a native SAE folder (``config.json`` + ``model.safetensors``).
+    """Read a native folder, checking ``config.json`` against the weights' header before allocating.
 
     Raises:
-        SaeAuditError: the config is not valid JSON or not a valid SAE config, or the weights do not match it.
+        SaeAuditError: ``config.json`` or ``model.safetensors`` missing, not a
+            regular file, too large (config), not valid JSON (including JSON
+            nested too deeply), an invalid config, or weights that do not
+            match it (see :func:`sae_from_tensors`).
     """
-    try:
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-    except ValueError as exc:
-        raise SaeAuditError(f"{folder / CONFIG_NAME} is not valid JSON: {exc}") from None
+    raw = read_json_file(folder / CONFIG_NAME, "SAE config")
     config = SAEConfig.from_dict(raw)
-    return sae_from_tensors(config, read_safetensors(folder / WEIGHTS_NAME), folder / WEIGHTS_NAME)
+    weights = folder / WEIGHTS_NAME
+    check_shapes(config, safetensors_shapes(weights), weights)
+    return sae_from_tensors(config, read_safetensors(weights), weights)
+
+
+def _not_safetensors(path: Path, exc: BaseException) -> SaeAuditError:
+    why = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return SaeAuditError(f"{printable(path)} is not a readable safetensors file ({why}); "
+                         "sae-audit never unpickles weights")
+
+
+def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor in a safetensors file, read from its header only (no tensor data).
+
+    Raises:
+        SaeAuditError: the file is missing or not a regular file, or not
+            safetensors (it is never unpickled).
+    """
+    from safetensors import safe_open
+
+    check_regular(path, "SAE weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {name: tuple(int(d) for d in f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _not_safetensors(path, exc) from None
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a safetensors file; anything else (a pickle, a truncated file) is refused.
 
+    Callers that know the shapes to expect check them first with
+    :func:`safetensors_shapes` and :func:`check_shapes`, which read only the
+    header. The tensors' memory is bounded by the file's size (safetensors
+    checks the header's offsets against it).
+
     Raises:
-        SaeAuditError: the file is missing or not safetensors (it is never unpickled).
+        SaeAuditError: the file is missing, not a regular file (a FIFO, a
+            device), or not safetensors (it is never unpickled).
     """
+    check_regular(path, "SAE weights file")
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise SaeAuditError(
-            f"{path} is not a readable safetensors file ({exc}); sae-audit never unpickles weights"
-        ) from None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise _not_safetensors(path, exc) from None
+
+
+def expected_shapes(config: SAEConfig) -> dict[str, tuple[int, ...]]:
+    """The tensors an SAE of ``config`` is made of, with their shapes (nothing is allocated)."""
+    from sae_audit.sae.architectures import extra_params
+
+    return {
+        "W_enc": (config.d_in, config.d_sae),
+        "b_enc": (config.d_sae,),
+        "W_dec": (config.d_sae, config.d_in),
+        "b_dec": (config.d_in,),
+        **extra_params(config),
+    }
+
+
+def check_shapes(config: SAEConfig, shapes: Mapping[str, Sequence[int]], source) -> None:
+    """Compare the shapes a config declares with the shapes a file holds, before anything is allocated.
+
+    This is what keeps a tiny folder whose config claims ``d_sae = 2**40`` from
+    allocating that: the comparison uses only the file's header (or the shapes
+    of tensors already read), never the config's sizes.
+
+    Args:
+        shapes: tensor name -> shape, e.g. from :func:`safetensors_shapes`.
+        source: named in error messages.
+    Raises:
+        SaeAuditError: a tensor missing, or of another shape than the config says.
+    """
+    expected = expected_shapes(config)
+    missing = [n for n in expected if n not in shapes]
+    if missing:
+        raise SaeAuditError(f"{printable(source)} lacks tensors: {', '.join(missing)}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise SaeAuditError(
+                f"{printable(source)}: {name} has shape {list(shapes[name])}, config says {list(shape)}"
+            )
 
 
 def sae_from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor], source) -> TopKSAE:
     """Build the SAE of ``config`` from named tensors, checking every one.
+
+    Every shape is compared with ``config`` before the SAE is built, so a
+    config that claims a larger SAE than the tensors hold fails without
+    allocating the claimed size.
 
     Args:
         tensors: ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``,
@@ -99,30 +179,19 @@ def sae_from_tensors(config: SAEConfig, tensors: dict[str, torch.Tensor], source
         SaeAuditError: a tensor missing, of the wrong shape, not floating point, or
             holding NaN/inf.
     """
-    from sae_audit.sae.architectures import build_sae, extra_params
+    from sae_audit.sae.architectures import build_sae
 
-    expected = {
-        "W_enc": (config.d_in, config.d_sae),
-        "b_enc": (config.d_sae,),
-        "W_dec": (config.d_sae, config.d_in),
-        "b_dec": (config.d_in,),
-        **extra_params(config),
-    }
-    missing = [n for n in expected if n not in tensors]
-    if missing:
-        raise SaeAuditError(f"{source} lacks tensors: {', '.join(missing)}")
-    sae = build_sae(config, seed=None)
-    for name, shape in expected.items():
+    check_shapes(config, {n: tuple(t.shape) for n, t in tensors.items()}, source)
+    expected = expected_shapes(config)
+    for name in expected:
         t = tensors[name]
-        if tuple(t.shape) != shape:
-            raise SaeAuditError(
-                f"{source}: {name} has shape {list(t.shape)}, config says {list(shape)}"
-            )
         if not t.is_floating_point():
-            raise SaeAuditError(f"{source}: {name} has dtype {t.dtype}, expected a float type")
+            raise SaeAuditError(f"{printable(source)}: {name} has dtype {t.dtype}, expected a float type")
         if not torch.isfinite(t).all():
-            raise SaeAuditError(f"{source}: {name} contains NaN or infinite values")
-        getattr(sae, name).data.copy_(t.to(torch.float32))
+            raise SaeAuditError(f"{printable(source)}: {name} contains NaN or infinite values")
+    sae = build_sae(config, seed=None)
+    for name in expected:
+        getattr(sae, name).data.copy_(tensors[name].to(torch.float32))
     return sae
 
 
@@ -149,16 +218,55 @@ def _resolve_hub(spec: str, revision: str | None) -> Path:
     return folder
 
 
+def _local_problem(path: Path) -> str | None:
+    """Why ``path``, which is on this machine in some form, is not a folder to read; ``None`` when nothing is there.
+
+    Uses :func:`os.lstat`, so a dangling or looping symbolic link, or a path
+    whose parent cannot be searched, counts as local (``os.path.lexists``
+    semantics plus permission errors), never as a hub id.
+    """
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:  # ELOOP in a parent, EACCES, ENAMETOOLONG
+        return f"cannot be examined ({exc.strerror or exc})"
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return f"is a symbolic link that cannot be followed ({exc.strerror or exc}: a loop or a missing target)"
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(path, os.R_OK | os.X_OK):
+            return "is a folder this user cannot read (permission denied)"
+        return None
+    if stat.S_ISREG(st.st_mode):
+        return "is a file; pass the folder that holds the SAE's config and weights"
+    return f"is {describe_mode(st.st_mode)}, not a folder"
+
+
 def resolve_sae_folder(spec: str | os.PathLike, revision: str | None = None) -> Path:
-    """A local folder for ``spec``: the folder itself, or a hub snapshot of ``org/name[/subfolder][@revision]``."""
+    """A local folder for ``spec``: the folder itself, or a hub snapshot of ``org/name[/subfolder][@revision]``.
+
+    Anything that exists on this machine under the name ``spec`` (a file, a
+    FIFO, a dangling or looping symbolic link, a folder that cannot be read) is
+    a local path and is never sent to the hub as a repository id.
+
+    Raises:
+        SaeAuditError: ``spec`` exists locally but is not a readable folder; it
+            looks like a local path (starts with ``.``, ``/`` or ``~``, or has no
+            ``/``) and does not exist; a revision given twice; or the hub errors
+            of :func:`_resolve_hub`.
+    """
     path = Path(spec)
-    if path.is_dir():
+    problem = _local_problem(path)
+    if problem is not None:
+        raise SaeAuditError(f"SAE {printable(spec)!r} {problem}")
+    if os.path.lexists(path):  # _local_problem found a readable folder (or a link to one)
         return path
-    if path.exists():
-        raise SaeAuditError(f"SAE {str(spec)!r} is a file; pass the folder that holds config.json")
     text = str(spec)
     if text.startswith((".", "/", "~")) or text.count("/") < 1:
-        raise SaeAuditError(f"SAE folder {text!r} does not exist")
+        raise SaeAuditError(f"SAE folder {printable(text)!r} does not exist")
     if "@" in text:  # org/name[/sub]@REVISION pins a revision from the spec alone
         text, _, pinned = text.rpartition("@")
         if revision is not None and revision != pinned:

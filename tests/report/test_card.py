@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from sae_audit.card import BEGIN, END, update_card, update_card_text
 from sae_audit.cli import main
 from sae_audit.errors import SaeAuditError
+from tests.isolated import run_isolated
 from tests.report.conftest import EVIL_SAE
 
 OTHER = EvalResult(task_type="image-classification", dataset_type="imagenet-1k", dataset_name="ImageNet",
@@ -182,3 +184,119 @@ def test_a_missing_card_folder_is_refused(results, tmp_path):
         update_card(results, str(tmp_path / "no-such-folder") + "/", "r.md")
     with pytest.raises(SaeAuditError, match="does not exist"):
         update_card(results, tmp_path / "no-such-folder" / "README.md", "r.md")
+
+
+# --------------------------------------------------------------------------- hostile cards (issue 10)
+def test_markers_inside_code_fences_are_text_not_the_section(results, tmp_path):
+    shown = (f"# Card\n\nHow the section looks:\n\n```markdown\n{BEGIN}\nUSER TEXT IN BACKTICKS\n{END}\n```\n\n"
+             f"~~~~\n{BEGIN}\n```\nstill inside the tilde fence\n{END}\n~~~~\n\nThe end.\n")
+    path = tmp_path / "README.md"
+    path.write_text(shown)
+    update_card(results, path, "r.md")
+    text = path.read_text()
+    assert "USER TEXT IN BACKTICKS" in text and "still inside the tilde fence" in text and "The end." in text
+    assert text.count(BEGIN) == 3  # the two shown in fences, and the real section appended after them
+    assert text.index("The end.") < text.rindex(BEGIN)
+    update_card(results, path, "r.md")  # a second run replaces the real section only
+    assert path.read_text() == text
+    # an unclosed fence runs to the end of the document: markers after it are text as well
+    path.write_text(f"# Card\n\n````\n{BEGIN}\nkeep me\n{END}\n```\n")
+    update_card(results, path, "r.md")
+    assert "keep me" in path.read_text() and path.read_text().count(BEGIN) == 2
+
+
+def test_the_card_keeps_its_mode_and_a_read_only_card_is_refused(results, tmp_path):
+    path = tmp_path / "README.md"
+    path.write_text(existing_card())
+    path.chmod(0o600)
+    update_card(results, path, "r.md")
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o640)
+    update_card(results, path, "r.md")
+    assert path.stat().st_mode & 0o777 == 0o640
+    ro = tmp_path / "ro.md"
+    ro.write_text(existing_card())
+    ro.chmod(0o444)
+    with pytest.raises(SaeAuditError, match=r"read-only \(mode 0444\); make it writable"):
+        update_card(results, ro, "r.md")
+    assert ro.read_text() == existing_card() and ro.stat().st_mode & 0o777 == 0o444
+
+
+def test_a_byte_order_mark_is_read_and_kept(results, tmp_path):
+    path = tmp_path / "README.md"
+    path.write_bytes(b"\xef\xbb\xbf" + existing_card().encode())
+    update_card(results, path, "r.md")
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf---\n") and raw.count(b"\n---\n") == 1  # one front matter, BOM kept
+    card = ModelCard(raw.decode("utf-8-sig"))
+    assert card.data.license == "mit" and "license:" not in card.text
+    update_card(results, path, "r.md")
+    assert path.read_bytes() == raw
+
+
+def test_special_files_and_links_are_never_replaced(results, tmp_path):
+    # Special files are reached through links in tmp_path, so that even a regression replaces only the link,
+    # never /dev/null or /dev/stdout themselves.
+    os.mkfifo(tmp_path / "pipe.md")
+    os.symlink("/dev/stdout", tmp_path / "stdout.md")  # the child's stdout is a pipe
+    os.symlink("/dev/null", tmp_path / "null.md")
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = run_isolated(f"""
+        results = json.loads(open({str(tmp_path / "results.json")!r}).read())
+        msgs = []
+        for name in ("pipe.md", "stdout.md", "null.md"):
+            try:
+                update_card(results, {str(tmp_path)!r} + "/" + name, "r.md")
+                msgs.append("written")
+            except SaeAuditError as exc:
+                msgs.append(str(exc))
+        report(msgs=msgs)
+    """, imports="import json\nfrom sae_audit.card import update_card\nfrom sae_audit.errors import SaeAuditError",
+        timeout=60)
+    pipe, stdout, null = out["msgs"]
+    assert "pipe.md is a FIFO (named pipe), not a regular file" in pipe
+    assert "stdout.md is a FIFO (named pipe), not a regular file" in stdout
+    assert "null.md is a character device, not a regular file" in null
+    assert (tmp_path / "stdout.md").is_symlink() and (tmp_path / "null.md").is_symlink()
+    # a link to a regular file: written through, the link stays a link
+    real = tmp_path / "real.md"
+    real.write_text(existing_card())
+    os.symlink(real, tmp_path / "link.md")
+    assert update_card(results, tmp_path / "link.md", "r.md") == real
+    assert (tmp_path / "link.md").is_symlink() and BEGIN in real.read_text()
+    os.symlink(tmp_path / "gone.md", tmp_path / "dangling.md")
+    with pytest.raises(SaeAuditError, match="symbolic link that cannot be followed"):
+        update_card(results, tmp_path / "dangling.md", "r.md")
+    assert (tmp_path / "dangling.md").is_symlink() and not (tmp_path / "gone.md").exists()
+    # a link into /proc: /proc/self/status is read-only (0444), so it is refused and the link kept
+    os.symlink("/proc/self/status", tmp_path / "proc.md")
+    with pytest.raises(SaeAuditError, match=r"proc.md is read-only \(mode 0444\)"):
+        update_card(results, tmp_path / "proc.md", "r.md")
+    assert (tmp_path / "proc.md").is_symlink()
+    # a writable file in /proc: it is read, but no file can be created beside it, so nothing is written
+    os.symlink("/proc/self/comm", tmp_path / "proc2.md")  # mode 0644
+    with pytest.raises(SaeAuditError, match="cannot write model card .*proc2.md"):
+        update_card(results, tmp_path / "proc2.md", "r.md")
+    assert (tmp_path / "proc2.md").is_symlink()
+
+
+def test_the_results_file_is_never_turned_into_a_card(audit_dir, results, tmp_path, capsys):
+    copy = tmp_path / "results.json"
+    copy.write_bytes((audit_dir / "results.json").read_bytes())
+    before = copy.read_bytes()
+    with pytest.raises(SaeAuditError, match="is the results file being read"):
+        update_card(results, copy, "r.md", results_path=copy)
+    # the CLI as it stands (no results_path passed): the content gives it away
+    assert main(["card", "--results", str(copy), "--card", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "holds a sae-audit results document, not a model card" in err and "Traceback" not in err
+    assert copy.read_bytes() == before
+
+
+def test_front_matter_nested_too_deeply(results, tmp_path):
+    path = tmp_path / "README.md"
+    text = "---\nlicense: mit\ntags: " + "[" * 50_000 + "]" * 50_000 + "\n---\n# Card\n"
+    path.write_text(text)
+    with pytest.raises(SaeAuditError, match="front matter .* is nested too deeply"):
+        update_card(results, path, "r.md")
+    assert path.read_text() == text

@@ -12,49 +12,70 @@ hook point from the folder name (``layers.6`` -> ``block.6``). Refused: the
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sae_audit.errors import SaeAuditError
 from sae_audit.sae.config import SAEConfig
-from sae_audit.sae.formats.common import hook_from_name, positive_int, read_json
+from sae_audit.sae.formats.common import get_bool, get_str, hook_from_name, positive_int, read_json
 
 CFG_NAME = "cfg.json"
 WEIGHTS_NAME = "sae.safetensors"
 
 
 def detect(folder: Path) -> bool:
-    return (folder / CFG_NAME).is_file() and (folder / WEIGHTS_NAME).exists()
+    """``cfg.json`` beside ``sae.safetensors`` (either may be a non-regular file: ``read`` says so)."""
+    return os.path.lexists(folder / CFG_NAME) and os.path.lexists(folder / WEIGHTS_NAME)
 
 
 def read(folder: Path):
-    from sae_audit.sae.io import read_safetensors, sae_from_tensors
+    """Read a sparsify folder; the weights' header is checked against ``cfg.json`` before any tensor is read.
+
+    ``num_latents`` (when present and not 0, sparsify's "use the expansion
+    factor") must be a positive integer; otherwise ``d_sae = expansion_factor * d_in``.
+
+    Raises:
+        SaeAuditError: a missing, non-regular, oversized or invalid ``cfg.json``
+            (keys of the wrong JSON type are named with the type they have); an
+            unsupported activation, skip connection or transcoder; weights that
+            do not match the config.
+    """
+    from sae_audit.sae.io import check_shapes, read_safetensors, safetensors_shapes, sae_from_tensors
 
     source = folder / CFG_NAME
+    weights = folder / WEIGHTS_NAME
     cfg = read_json(source)
-    activation = cfg.get("activation", "topk")
+    activation = get_str(cfg, "activation", "topk", source)
     if activation != "topk":
         raise SaeAuditError(f"{source}: sparsify activation {activation!r} is not supported (only topk)")
-    if cfg.get("skip_connection"):
+    if get_bool(cfg, "skip_connection", False, source):
         raise SaeAuditError(f"{source}: sparsify SAEs with a skip connection are not supported")
-    if cfg.get("transcode"):
+    if get_bool(cfg, "transcode", False, source):
         raise SaeAuditError(f"{source}: sparsify transcoders are not supported (they map one module's "
                             "input to its output, not one activation to itself)")
     k = positive_int(cfg, "k", source)
-    tensors = read_safetensors(folder / WEIGHTS_NAME)
-    if "encoder.weight" not in tensors:
-        raise SaeAuditError(f"{folder / WEIGHTS_NAME} lacks tensors: encoder.weight")
-    enc = tensors.pop("encoder.weight")
-    if enc.ndim != 2:
-        raise SaeAuditError(f"{folder / WEIGHTS_NAME}: encoder.weight must be [d_sae, d_in], got {list(enc.shape)}")
-    d_in = positive_int(cfg, "d_in", source) if "d_in" in cfg else int(enc.shape[1])
-    d_sae = cfg.get("num_latents") or (positive_int(cfg, "expansion_factor", source) * d_in)
-    if tuple(enc.shape) != (d_sae, d_in):
+    shapes = safetensors_shapes(weights)
+    if "encoder.weight" not in shapes:
+        raise SaeAuditError(f"{weights} lacks tensors: encoder.weight")
+    enc_shape = shapes.pop("encoder.weight")
+    if len(enc_shape) != 2:
+        raise SaeAuditError(f"{weights}: encoder.weight must be [d_sae, d_in], got {list(enc_shape)}")
+    d_in = positive_int(cfg, "d_in", source) if cfg.get("d_in") is not None else int(enc_shape[1])
+    if cfg.get("num_latents") in (None, 0):
+        d_sae = positive_int(cfg, "expansion_factor", source) * d_in
+    else:
+        d_sae = positive_int(cfg, "num_latents", source)
+    if tuple(enc_shape) != (d_sae, d_in):
         raise SaeAuditError(
-            f"{folder / WEIGHTS_NAME}: encoder.weight has shape {list(enc.shape)}, cfg.json says "
-            f"[{d_sae}, {d_in}]"
+            f"{weights}: encoder.weight has shape {list(enc_shape)}, cfg.json says [{d_sae}, {d_in}]"
         )
-    tensors["W_enc"] = enc.T.contiguous()
+    config = SAEConfig(d_in=d_in, d_sae=d_sae, k=k, hook_point=hook_from_name(folder.name))
+    shapes["W_enc"] = (d_in, d_sae)
+    if "encoder.bias" in shapes:
+        shapes["b_enc"] = shapes.pop("encoder.bias")
+    check_shapes(config, shapes, weights)  # before a byte of tensor data is read
+    tensors = read_safetensors(weights)
+    tensors["W_enc"] = tensors.pop("encoder.weight").T.contiguous()
     if "encoder.bias" in tensors:
         tensors["b_enc"] = tensors.pop("encoder.bias")
-    config = SAEConfig(d_in=d_in, d_sae=int(d_sae), k=k, hook_point=hook_from_name(folder.name))
-    return sae_from_tensors(config, tensors, folder / WEIGHTS_NAME)
+    return sae_from_tensors(config, tensors, weights)
