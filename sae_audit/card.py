@@ -20,7 +20,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from sae_audit.errors import SaeAuditError
+from sae_audit.errors import SaeAuditError, is_network_error
 from sae_audit.safe_files import describe_mode, printable, read_text
 
 BEGIN = "<!-- sae-audit:begin -->"
@@ -394,6 +394,23 @@ def hub_token(token: str | None = None) -> str:
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a malformed hub repository id before anything is written or sent.
+
+    Raises:
+        SaeAuditError: ``repo_id`` is not ``user/name`` (huggingface_hub's own rules).
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        if not _REPO_ID.match(repo_id or ""):
+            raise HFValidationError("expected user/name")
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise SaeAuditError(f"`push` {repo_id!r} is not a hub repository id (user/name): {exc}",
+                            field="push") from None
+
+
 def push_card(repo_id: str, card: str | os.PathLike, report_files: dict[str, Path], token: str | None = None,
               create_pr: bool = True, revision: str | None = None) -> str:
     """Upload the card as ``README.md`` and ``report_files`` (``{path in repo: local file}``) in one commit.
@@ -409,8 +426,7 @@ def push_card(repo_id: str, card: str | os.PathLike, report_files: dict[str, Pat
     from huggingface_hub import CommitOperationAdd, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if not _REPO_ID.match(repo_id):
-        raise SaeAuditError(f"--push {repo_id!r} is not a hub repository id (user/name)")
+    check_repo_id(repo_id)
     token = hub_token(token)
     api = HfApi(token=token)
     ops = [CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card_path(card)))]
@@ -423,4 +439,9 @@ def push_card(repo_id: str, card: str | os.PathLike, report_files: dict[str, Pat
         )
     except HfHubHTTPError as exc:
         raise SaeAuditError(f"the hub refused the push to {repo_id}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - no network, DNS, TLS, a proxy, an unreachable endpoint
+        if not is_network_error(exc):
+            raise
+        raise SaeAuditError(f"could not reach the Hugging Face hub to push to {repo_id} ({type(exc).__name__}: "
+                            f"{exc}); the local card was written, nothing was uploaded") from None
     return getattr(info, "pr_url", None) or getattr(info, "commit_url", str(info))

@@ -40,3 +40,16 @@ class SaeAuditError(Exception):
 
 
 _NAME = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)`")
+
+
+def is_network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says a network request failed (no route, refused, DNS, TLS, a timeout).
+
+    huggingface_hub raises its HTTP clients' own exception types (``httpx`` or
+    ``requests``, depending on its version) besides ``OSError``; they are
+    recognised by module so that a user's broken network is one clear message.
+    """
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib")
+               for cls in type(exc).__mro__)

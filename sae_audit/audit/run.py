@@ -156,8 +156,9 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     """
     suite_names = [i.name for i in resolve_suites(request.suites)]
     images = request.settings.images
-    id_set = open_image_set(request.id_set, images.max_images, images.seed)
-    ood_sets = [open_image_set(s, images.max_images, images.seed) for s in request.ood_sets]
+    id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
+    ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
+                for s in request.ood_sets]
     check_conditions(request.conditions(), id_set.name, [id_set.name, *(s.name for s in ood_sets)])
     saes = _load_saes(request)
     model_spec = _resolution(request.model, saes)

@@ -79,6 +79,7 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
     add(p, "--max-images", ImageOptions, "max_images", type=int)
     add(p, "--seed", ImageOptions, "seed", type=int)
     add(p, "--strict", ImageOptions, "strict", action="store_true")
+    add(p, "--max-pixels", ImageOptions, "max_pixels", type=int)
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
@@ -91,7 +92,8 @@ def model_spec(args) -> ModelSpec:
 
 
 def image_options(args) -> ImageOptions:
-    return ImageOptions(batch_size=args.batch_size, max_images=args.max_images, seed=args.seed, strict=args.strict)
+    return ImageOptions(batch_size=args.batch_size, max_images=args.max_images, seed=args.seed, strict=args.strict,
+                        max_pixels=args.max_pixels)
 
 
 def info(args, msg: str) -> None:

@@ -55,7 +55,7 @@ def configure(sub, show_help) -> None:
     card.add_argument("--no-pr", action="store_true", help="with --push: commit directly instead of opening a PR")
     card.add_argument("--revision", help="with --push: the branch to commit to or open the PR against")
     card.add_argument("-q", "--quiet", action="store_true", help="no messages but errors")
-    card.set_defaults(func=cmd_card)
+    card.set_defaults(func=cmd_card, flags={"push": "--push", "card": "--card", "results": "--results"})
 
 
 def cmd_report_render(args) -> int:
@@ -96,22 +96,23 @@ def cmd_report_diff(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from sae_audit.card import card_path, hub_token, push_card, update_card
+    from sae_audit.card import card_path, check_repo_id, hub_token, push_card, update_card
     from sae_audit.results import load_results
 
     results = load_results(args.results)
     report_dir = Path(args.results).resolve().parent
     card = card_path(args.card)
     if args.push:
-        hub_token()  # no token, or offline: say so before touching anything
+        check_repo_id(args.push)  # a malformed id, no token, or offline: say so before touching anything
+        hub_token()
         link = args.report_url or "sae-audit/report.md"
         source = args.report_url or f"https://huggingface.co/{args.push}/blob/main/sae-audit/report.md"
     else:
         report = next((report_dir / n for n in ("report.md", "report.html") if (report_dir / n).is_file()),
                       report_dir / "report.md")
-        link = args.report_url or os.path.relpath(report, card.resolve().parent)
+        link = args.report_url or os.path.relpath(report, Path(os.path.abspath(card)).parent)
         source = link
-    path = update_card(results, card, link, source_url=source)
+    path = update_card(results, card, link, source_url=source, results_path=args.results)
     info(args, f"wrote {path}")
     if args.push:
         files = {f"sae-audit/{p.relative_to(report_dir).as_posix()}": p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sae_audit.data.base import DEFAULT_MAX_PIXELS
 from sae_audit.errors import SaeAuditError
 from sae_audit.options import option
 
@@ -24,12 +25,17 @@ class ImageOptions:
     max_images: int | None = option(
         None, metavar="N", help="use at most N images of each set (a fixed pseudo-random subset, see seed)")
     seed: int = option(0, help="seed for subsets, shuffling and initialisation")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, metavar="N",
+                             help="decode at most N pixels per image (larger JPEGs are decoded reduced, other larger "
+                                  "images are skipped and counted as unreadable): bounds memory on hostile or huge "
+                                  "images")
     strict: bool = option(
         False, help="fail on an unreadable image instead of skipping and counting it (an audit also fails on a "
                     "suite that needs labels when a set has none, instead of skipping it there)")
 
     def __post_init__(self) -> None:
-        for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("max_images", 1, None)):
+        for name, low, high in (("batch_size", 1, MAX_BATCH_SIZE), ("max_images", 1, None),
+                                ("max_pixels", 64, None)):
             value = getattr(self, name)
             if value is None and name == "max_images":
                 continue

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sae_audit.errors import SaeAuditError
+from sae_audit.errors import SaeAuditError, is_network_error
 from sae_audit.models.adapters import FamilyAdapter, TokenLayout
 from sae_audit.models.hookpoint import HookPoint
 from sae_audit.models.registry import adapter_for
@@ -194,8 +194,10 @@ def _resolve_source(name: str, revision: str | None) -> tuple[str, str | None, b
         raise SaeAuditError(
             f"hub repo {name!r} has no config.json: it is not a transformers model; pass another id or a folder"
         ) from e
-    except (OSError, ValueError, hf_errors.HfHubHTTPError) as e:
-        raise SaeAuditError(f"cannot fetch {name!r} from the Hugging Face hub: {e}") from e
+    except Exception as e:  # noqa: BLE001 - the hub said no, or the network failed
+        if not isinstance(e, (ValueError, hf_errors.HfHubHTTPError)) and not is_network_error(e):
+            raise
+        raise SaeAuditError(f"cannot fetch {name!r} from the Hugging Face hub: {type(e).__name__}: {e}") from e
     m = _COMMIT_RE.search(cfg_path)
     commit = m.group(1) if m else revision
     return name, commit, True

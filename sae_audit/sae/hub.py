@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from sae_audit.errors import SaeAuditError
+from sae_audit.errors import SaeAuditError, is_network_error
 
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -80,5 +80,7 @@ def push_to_hub(
                 revision=revision, create_pr=create_pr,
                 commit_message=commit_message or f"Upload {sae.config.architecture} SAE (d_sae {sae.config.d_sae}, k {sae.config.k})",
             )
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise SaeAuditError(f"could not push the SAE to {repo_id!r}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - the hub said no, or the network failed
+            if not isinstance(exc, (HfHubHTTPError, ValueError)) and not is_network_error(exc):
+                raise
+            raise SaeAuditError(f"could not push the SAE to {repo_id!r}: {type(exc).__name__}: {exc}") from None

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from sae_audit.errors import SaeAuditError
+from sae_audit.errors import SaeAuditError, is_network_error
 from sae_audit.safe_files import check_regular, describe_mode, printable, read_json_file
 from sae_audit.sae.base import CONFIG_NAME, SAE, WEIGHTS_NAME
 from sae_audit.sae.config import SAEConfig
@@ -210,7 +210,9 @@ def _resolve_hub(spec: str, revision: str | None) -> Path:
             f"SAE {spec!r} is not in the local Hugging Face cache and the hub cannot be reached "
             "(HF_HUB_OFFLINE is set or there is no network); pass a local folder instead"
         ) from None
-    except (RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - the hub said no, or the network failed
+        if not isinstance(exc, (RepositoryNotFoundError, HfHubHTTPError, ValueError)) and not is_network_error(exc):
+            raise
         raise SaeAuditError(f"could not fetch SAE {spec!r} from the hub: {exc}") from None
     folder = root / sub if sub else root
     if not folder.is_dir():

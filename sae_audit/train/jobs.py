@@ -195,7 +195,8 @@ def _train(request: TrainRequest, folder: OutputFolder, ckpt_dir: Path, progress
         source = f"the cache {request.cache}"
     else:
         hook = HookPoint.parse(request.hook, request.tokens)
-        image_set = open_image_set(request.data, request.images.max_images, request.images.seed)
+        image_set = open_image_set(request.data, request.images.max_images, request.images.seed,
+                                   max_pixels=request.images.max_pixels)
         vm = load_model(request.model)
         vm.check_hook_point(hook)
         d_in, model, revision, image_size, device = vm.d_model, request.model.name, vm.revision, vm.image_size, vm.device
@@ -276,7 +277,7 @@ def write_activation_cache(request: CacheRequest, progress: bool = True) -> Acti
     # The cache writes its shards in place (resumable); the folder is checked and locked for the run, and an
     # overwrite removes only the cache's own files (meta.json, shards).
     with OutputFolder(request.out, overwrite=True, inputs=inputs, image_folders=folders):
-        image_set = open_image_set(request.data, images.max_images, images.seed)
+        image_set = open_image_set(request.data, images.max_images, images.seed, max_pixels=images.max_pixels)
         vm = load_model(request.model)
         vm.check_hook_point(hook)
         path = cache_activations(

@@ -286,8 +286,12 @@ def test_the_results_file_is_never_turned_into_a_card(audit_dir, results, tmp_pa
     before = copy.read_bytes()
     with pytest.raises(SaeAuditError, match="is the results file being read"):
         update_card(results, copy, "r.md", results_path=copy)
-    # the CLI as it stands (no results_path passed): the content gives it away
     assert main(["card", "--results", str(copy), "--card", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert "is the results file being read" in err and "Traceback" not in err
+    other = tmp_path / "other.json"  # another results file as the card: the content gives it away
+    other.write_bytes(before)
+    assert main(["card", "--results", str(copy), "--card", str(other)]) == 2
     err = capsys.readouterr().err
     assert "holds a sae-audit results document, not a model card" in err and "Traceback" not in err
     assert copy.read_bytes() == before
