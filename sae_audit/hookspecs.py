@@ -150,19 +150,27 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
 
 @hookspec
 def sae_audit_register_report_sections(register: Callable[..., None]) -> None:
-    """Register report sections: Markdown and HTML fragments appended to every report.
+    """Register report sections: structured content added to every report, Markdown and HTML alike.
 
     Called once per plugin, when the plugin manager registers the plugin (at
     start-up). Every report written then calls each ``render``, in load
-    order, after the built-in sections. Sections render from the results
-    document alone, so ``sae-audit report render`` includes them too.
+    order; the sections are placed after the built-in sections (and the
+    suites' and "Shifted latents"), before "Method and provenance". Sections
+    render from the results document alone, so ``sae-audit report render``
+    includes them too.
 
     Args:
         register: ``register(name, render)``: ``render(results: dict)``
             returns ``None`` (nothing to say for this audit) or a
-            :class:`sae_audit.report.plugin_sections.ReportSection` (``title``,
-            ``markdown``, ``html``; the HTML fragment must be escaped by the
-            plugin and self-contained: no script, no external URL).
+            :class:`sae_audit.report.view.Section` (``Section(id, title,
+            blocks)``; blocks are plain strings, ``Bullets``, ``Table`` (numeric
+            columns are right-aligned), ``Figure`` (``draw() ->`` a matplotlib
+            figure), ``Gallery`` of ``Image`` s and ``Details``, from
+            :mod:`sae_audit.report.view`). The host escapes every text and
+            sets the anchor to ``plugin-<plugin>-<name>``. Raw Markdown/HTML
+            only through a ``Raw(markdown, html)`` block (or a
+            :class:`sae_audit.report.plugin_sections.ReportSection`), which is
+            sanitised: no script, no event handler, no external URL.
 
     Returns:
         Nothing; the return value is ignored.
@@ -200,14 +208,15 @@ def sae_audit_register_commands(register: Callable[..., None]) -> None:
 # --------------------------------------------------------------------------- metadata
 @hookspec
 def sae_audit_card_metadata(config: sae_audit.sae.SAEConfig, dataset: dict[str, Any]) -> dict[str, Any] | None:
-    """Contribute metadata to the YAML front matter of a trained SAE's model card.
+    """Contribute metadata to the YAML front matter of an SAE's model card.
 
-    Called every time a model card is written (``sae-audit train``), once per
-    trained SAE.
+    Called every time an SAE's model card is written: once per trained SAE by
+    ``sae-audit train``, and by ``SAE.save_pretrained`` / ``SAE.push_to_hub``.
 
     Args:
-        config: the :class:`sae_audit.sae.SAEConfig` of the trained SAE.
-        dataset: the training image set's ``describe()`` dict.
+        config: the :class:`sae_audit.sae.SAEConfig` of the SAE.
+        dataset: the training image set's ``describe()`` dict (``name``,
+            ``size``, ...); empty (``{}``) when it is not known (``save_pretrained``).
 
     Returns:
         ``None`` or a dict of JSON-serialisable values. Dicts are merged in

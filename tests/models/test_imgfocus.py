@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from sae_audit.errors import SaeAuditError
+from sae_audit.outputs import MANIFEST
 from sae_audit.models import imgfocus
 from sae_audit.models.imgfocus import find_imgfocus_onnx, import_imgfocus, onnx_backbone_output
 
@@ -67,7 +68,7 @@ def test_converted_folder_loads_without_missing_keys(converted: Path) -> None:
     import torch
     from transformers import AutoImageProcessor, AutoModel, Dinov2Model
 
-    assert {p.name for p in converted.iterdir()} == {
+    assert {p.name for p in converted.iterdir()} - {MANIFEST} == {
         "config.json",
         "model.safetensors",
         "preprocessor_config.json",
@@ -137,7 +138,7 @@ def test_overwrite_replaces_existing_folder(onnx_path: Path, tmp_path: Path) -> 
     out.mkdir()
     (out / "stale.txt").write_text("old")
     import_imgfocus(out, onnx_path=onnx_path, overwrite=True)
-    assert not (out / "stale.txt").exists()
+    assert (out / "stale.txt").read_text() == "old"  # not sae-audit's: never deleted (issue 10), carried over
     assert (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary or old folders left
 
