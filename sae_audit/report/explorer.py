@@ -11,9 +11,10 @@ largest |shift| over the OOD sets.
 
 Bounded size: pictures only for those latents (at most
 ``N_SHIFTED + N_OOD_ONLY`` per SAE and OOD set, ``MAX_PICS_PER_SET`` images per
-set), the rest as numbers, so the page grows by about 100 bytes per alive
-latent and OOD set (``tests/report/test_explorer.py`` measures it at 65,536
-latents). It is a plain HTML table, complete and readable with JavaScript
+set), the rest as numbers, so the page grows by the row markup and at most 16
+bytes per number and alive latent (``benchmarks/explorer_size.py`` measures
+it; ``tests/report/test_explorer.py`` checks the bound at 65,536 latents).
+The first :data:`MAX_OPEN_ROWS` rows per SAE are open, the others folded. It is a plain HTML table, complete and readable with JavaScript
 off; a small inline script adds sorting by any column and filtering
 (progressive enhancement). No external URL, no network.
 """
@@ -34,8 +35,11 @@ from sae_audit.report.html import CSS_TEXT_COLOURS, data_uri
 EXPLORER_FILE = "latents.html"
 #: Images per image set shown for a latent with pictures.
 MAX_PICS_PER_SET = 3
-#: Side of an explorer heatmap (pixels).
+#: Side at which an explorer picture is shown (CSS pixels).
 EXPLORER_PX = 64
+#: Rows per SAE in the open table; the other alive latents follow in a folded table (``<details>``),
+#: which a browser does not lay out until it is opened, so a 65,536-latent page opens quickly.
+MAX_OPEN_ROWS = 2000
 
 
 def _num(v: float, kind: str) -> str:
@@ -66,7 +70,7 @@ def _pictures_cell(lats: list[StoredLatent]) -> Markup:
                 act = _num(pic.get("activation"), "ms")
                 if pmap is not None:
                     r, c, _ = pmap.peak()
-                    png = heatmaps.overlay_png(thumb, pmap, float(vmax), px=EXPLORER_PX)
+                    png = heatmaps.overlay_png(thumb, pmap, float(vmax))
                     alt = (f"{set_name} image {item}, activation {act}, heatmap strongest on patch row {r + 1}, "
                            f"column {c + 1}" + ("" if thumb else " (image unreadable)"))
                 elif thumb is not None:
@@ -82,10 +86,41 @@ def _pictures_cell(lats: list[StoredLatent]) -> Markup:
     return Markup("".join(parts))
 
 
-def explorer_tables(results: dict) -> list[dict]:
-    """Per SAE: ``{"label", "anchor", "header", "tbody", "n_alive", "d_sae", "n_pictured", "no_map"}``.
+def _breakable(name: str) -> Markup:
+    """``name`` escaped, with line-break opportunities after ``:``, ``_``, ``-`` and ``/`` (long set names)."""
+    out = str(escape(name))
+    for ch in ":_-/":
+        out = out.replace(ch, ch + "<wbr>")
+    return Markup(out)
 
-    ``tbody`` is the rows' HTML, sorted by the largest |shift| (then latent).
+
+def _header(sets: list[str], oods: list[str], extra: list[str]) -> Markup:
+    """Two header rows: groups (frequency per set, shift per OOD set), then one column per number.
+
+    Every sortable column header carries ``data-col`` (its cell index in a body row) and ``data-kind``.
+    """
+    top = ['<th scope="col" rowspan="2" data-col="0" data-kind="latent">latent</th>',
+           f'<th scope="colgroup" colspan="{len(sets)}">firing frequency f</th>']
+    if oods:
+        top.append(f'<th scope="colgroup" colspan="{len(oods)}">log10 shift (OOD vs ID)</th>')
+    col = 1 + len(sets) + len(oods)
+    for head in extra:
+        top.append(f'<th scope="col" rowspan="2" data-col="{col}" data-kind="score">{escape(head)}</th>')
+        col += 1
+    top.append('<th scope="col" rowspan="2">top images with heatmaps</th>')
+    sub = [f'<th scope="col" data-col="{1 + k}" data-kind="freq">{_breakable(n)}{" (ID)" if k == 0 else ""}</th>'
+           for k, n in enumerate(sets)]
+    sub += [f'<th scope="col" data-col="{1 + len(sets) + k}" data-kind="shift">{_breakable(n)}</th>'
+            for k, n in enumerate(oods)]
+    return Markup(f"<thead><tr>{''.join(top)}</tr>\n<tr>{''.join(sub)}</tr></thead>")
+
+
+def explorer_tables(results: dict) -> list[dict]:
+    """Per SAE: ``{"label", "anchor", "header" (the ``<thead>`` HTML), "tbody", "rest", "n_rest", "n_alive", "d_sae", "n_pictured",
+    "no_map"}``.
+
+    ``tbody`` is the HTML of the first :data:`MAX_OPEN_ROWS` rows, sorted by the largest |shift| (then
+    latent), ``rest`` that of the ``n_rest`` others (shown folded).
     """
     from sae_audit.suites.latents import latent_table
 
@@ -126,9 +161,9 @@ def explorer_tables(results: dict) -> list[dict]:
             # Cells hold numbers or "n/a" only (escaped anyway); </td> is optional in HTML and left out.
             lines.append(f"<tr><th scope=row>{j}</th>" + "".join(f"<td>{escape(c)}" for c in cells)
                          + f"<td>{pic}</tr>")
-        header = ([f"f {n} ({'ID' if n == id_name else 'OOD'})" for n in sets]
-                  + [f"log10 shift {n}" for n in ood_names] + [head for _, head in extra])
-        out.append({"label": s["label"], "anchor": f"sae-{i}", "header": header, "tbody": Markup("\n".join(lines)),
+        out.append({"label": s["label"], "anchor": f"sae-{i}", "header": _header(sets, ood_names, [h for _, h in extra]),
+                    "tbody": Markup("\n".join(lines[:MAX_OPEN_ROWS])), "rest": Markup("\n".join(lines[MAX_OPEN_ROWS:])),
+                    "n_rest": max(0, len(lines) - MAX_OPEN_ROWS),
                     "n_alive": int(alive.sum()), "d_sae": int(s["config"]["d_sae"]),
                     "n_pictured": len(pics), "no_map": no_map.get(i, "")})
     return out
@@ -142,8 +177,8 @@ def render_explorer(results: dict) -> str:
     return env.get_template("latents.html.j2").render(
         title=f"Latent explorer: {model_name(results)}", tables=explorer_tables(results), id_name=id_name,
         created=results.get("created"), version=results.get("tool", {}).get("version", "?"),
-        max_pics=MAX_PICS_PER_SET, colour_map=heatmaps.COLOUR_MAP, colours=CSS_TEXT_COLOURS,
+        max_pics=MAX_PICS_PER_SET, max_open=MAX_OPEN_ROWS, colour_map=heatmaps.COLOUR_MAP, colours=CSS_TEXT_COLOURS,
     )
 
 
-__all__ = ["EXPLORER_FILE", "MAX_PICS_PER_SET", "explorer_tables", "render_explorer"]
+__all__ = ["EXPLORER_FILE", "MAX_OPEN_ROWS", "MAX_PICS_PER_SET", "explorer_tables", "render_explorer"]

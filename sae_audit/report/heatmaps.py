@@ -27,8 +27,8 @@ from functools import lru_cache
 
 import numpy as np
 
-#: Side of a drawn overlay in pixels (the thumbnail is upsampled to it).
-OVERLAY_PX = 96
+#: Smallest side of a drawn overlay in pixels (it is shown larger, pixelated).
+OVERLAY_PX = 32
 #: Opacity of the colour layer over the grey image.
 ALPHA = 0.7
 COLOUR_MAP = "viridis"
@@ -91,17 +91,27 @@ def _png(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def overlay_png(thumb_png: bytes | None, pmap: PatchMap, vmax: float, px: int = OVERLAY_PX) -> bytes:
-    """The overlay as PNG bytes (``px`` x ``px``): the grey image under the colour-mapped patches
-    (patches with zero activation untinted).
+def overlay_side(thumb_side: int, rows: int, cols: int, least: int = OVERLAY_PX) -> int:
+    """Side of an overlay: the smallest multiple of the grid at least the thumbnail's side and ``least``, so
+    every patch is a block of whole pixels and the image is not shrunk."""
+    grid = max(rows, cols)
+    return grid * max(1, -(-max(thumb_side, least) // grid))
+
+
+def overlay_png(thumb_png: bytes | None, pmap: PatchMap, vmax: float, px: int | None = None) -> bytes:
+    """The overlay as PNG bytes (``px`` x ``px``, default :func:`overlay_side`): the grey image under the
+    colour-mapped patches (patches with zero activation untinted).
 
     ``vmax`` is the activation drawn at the top of the colour map (values above
     are clipped to it); without a thumbnail the patches are drawn alone.
     """
     from PIL import Image
 
-    if thumb_png is not None:
-        base = Image.open(io.BytesIO(thumb_png)).convert("L").resize((px, px), Image.Resampling.BICUBIC)
+    thumb = Image.open(io.BytesIO(thumb_png)) if thumb_png is not None else None
+    if px is None:
+        px = overlay_side(max(thumb.size) if thumb is not None else 0, *pmap.grid.shape)
+    if thumb is not None:
+        base = thumb.convert("L").resize((px, px), Image.Resampling.BICUBIC)
         grey = np.asarray(base, dtype=np.float64)[:, :, None].repeat(3, axis=2)
     else:
         grey = np.full((px, px, 3), 255.0)
@@ -139,4 +149,5 @@ def thumb_bytes(pic: dict) -> bytes | None:
         return None
 
 
-__all__ = ["ALPHA", "COLOUR_MAP", "OVERLAY_PX", "PatchMap", "colour_bar_png", "decode", "overlay_png", "thumb_bytes"]
+__all__ = ["ALPHA", "COLOUR_MAP", "OVERLAY_PX", "PatchMap", "colour_bar_png", "decode", "overlay_png", "overlay_side",
+           "thumb_bytes"]

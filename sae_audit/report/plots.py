@@ -32,8 +32,12 @@ def wrap(text, width: int) -> str:
 
 
 def legend_below(fig, ax, n: int, **kw) -> None:
-    """The legend of ``ax`` under the axes, outside the data (a figure made with ``layout="constrained"``)."""
-    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=max(1, min(n, 3)), fontsize=8,
+    """The legend of ``ax`` under the axes, outside the data (a figure made with ``layout="constrained"``),
+    in as many columns as its longest label lets fit in the figure's width (8 pt text)."""
+    handles, labels = ax.get_legend_handles_labels()
+    longest = max((len(label) for label in labels), default=1)
+    fit = int(fig.get_figwidth() * 72 // ((longest + 6) * 4.8))
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(n, 3, fit)), fontsize=8,
                frameon=False, **kw)
 
 
@@ -84,6 +88,6 @@ def reconstruction_bars(results: dict):
 
 def to_png_bytes(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     return buf.getvalue()

@@ -221,12 +221,14 @@ def patch_grid(n_tokens: int | None) -> dict | None:
 
 def thumbnail(image, px: int = THUMB_PX) -> str:
     """The central square of a PIL image (what a shortest-edge resize and centre crop keeps), as a base64
-    PNG of ``px`` x ``px`` pixels."""
+    PNG of at most ``px`` x ``px`` pixels (a smaller image is kept at its size, never upsampled)."""
     im = image.convert("RGB")
     w, h = im.size
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
-    im = im.crop((left, top, left + side, top + side)).resize((px, px), _lanczos())
+    im = im.crop((left, top, left + side, top + side))
+    if side > px:
+        im = im.resize((px, px), _lanczos())
     buf = io.BytesIO()
     im.save(buf, format="PNG", optimize=True)
     return base64.b64encode(buf.getvalue()).decode("ascii")
