@@ -117,7 +117,8 @@ def cmd_card(args) -> int:
     if args.push:
         files = {f"sae-audit/{p.relative_to(report_dir).as_posix()}": p
                  for p in [report_dir / "results.json", report_dir / "report.md", report_dir / "report.html",
-                           *sorted((report_dir / "figures").glob("*.png"))] if p.is_file()}
+                           report_dir / "latents.html", *sorted((report_dir / "figures").glob("*.png"))]
+                 if p.is_file()}
         url = push_card(args.push, path, files, create_pr=not args.no_pr, revision=args.revision)
         info(args, f"pushed {len(files) + 1} file(s) to {args.push}: {url}")
     return EXIT_OK
