@@ -1,9 +1,10 @@
 """Screenshots of a report folder in headless Chromium, with the browser test's checks.
 
 Opens ``report.html`` and ``latents.html`` of FOLDER at 1280 px and 390 px,
-with JavaScript on and off, offline; saves full-page screenshots to
-``FOLDER/screenshots`` (or ``--out``) and prints, per page, the console
-errors, horizontal overflow and the axe-core violations. Exits 1 when any
+with JavaScript on and off, offline; saves screenshots of the first screen
+(``--full``: of the whole page) to ``FOLDER/screenshots`` (or ``--out``) and
+prints, per page, the console errors, horizontal overflow and the axe-core
+violations. Exits 1 when any
 check the test suite makes fails (console errors, broken images, overflow,
 serious or critical axe-core violations). Needs what ``scripts/setup.sh``
 installs (chromium, chromium-driver, selenium, axe-core).
@@ -27,6 +28,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("folder", type=Path, help="a report folder (report.html, latents.html)")
     p.add_argument("--out", type=Path, help="where to write the PNGs (default: FOLDER/screenshots)")
+    p.add_argument("--full", action="store_true", help="screenshot whole pages (several MB each), not the first screen")
     args = p.parse_args(argv)
     out = args.out or args.folder / "screenshots"
     failed = False
@@ -38,7 +40,7 @@ def main(argv=None) -> int:
         for width in browser.WIDTHS:
             for js in (True, False):
                 try:
-                    info = browser.check_page(page, out, width, js)
+                    info = browser.check_page(page, out, width, js, full_page=args.full)
                 except browser.BrowserMissing as exc:
                     print(f"screenshots: {exc}", file=sys.stderr)
                     return 2

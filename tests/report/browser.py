@@ -102,9 +102,10 @@ def run_axe(driver) -> dict:
 
 
 def check_page(page: Path, out_dir: Path, width: int, javascript: bool = True, axe: bool = True,
-               full_height_cap: int = 16000) -> dict:
+               full_height_cap: int = 16000, full_page: bool = True) -> dict:
     """Load ``page`` in Chromium and return what :data:`PAGE_FACTS` says, plus ``errors`` (console
-    messages of level SEVERE/WARNING), ``screenshot`` (a full-page PNG under ``out_dir``) and ``axe``."""
+    messages of level SEVERE/WARNING), ``screenshot`` (a PNG under ``out_dir``: the whole page up to
+    ``full_height_cap`` pixels, or the first screen when not ``full_page``) and ``axe``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mode = "js" if javascript else "nojs"
@@ -122,8 +123,9 @@ def check_page(page: Path, out_dir: Path, width: int, javascript: bool = True, a
         info["axe"] = run_axe(driver) if axe else None
         info["controls_shown_after_axe"] = driver.execute_script(
             "return !!document.querySelector('form.controls:not([hidden])')")
-        shot = out_dir / f"{page.stem}-{width}px-{mode}.png"
-        height = min(int(info["height"]) + 20, full_height_cap)
+        shot = out_dir / f"{page.stem}-{width}px-{mode}{'' if full_page else '-first-screen'}.png"
+        screen = driver.execute_script("return window.innerHeight")
+        height = min(int(info["height"]) + 20, full_height_cap) if full_page else int(screen)
         png = driver.execute_cdp_cmd("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
             "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1}})["data"]
