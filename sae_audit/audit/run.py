@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import replace
 
+from sae_audit.audit.contributors import plugins_that_took_part
 from sae_audit.audit.request import AuditRequest, AuditSettings
 from sae_audit.audit.stream import (
     AuditContext,
@@ -131,7 +132,8 @@ def audit_loaded(
         settings_json["suites"] = [i.name for i in infos]
         if any(i.needs_embeddings for i in infos):
             settings_json["judge"] = (judge or vm).name
-    results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=plugins.provenance())
+    took_part = plugins_that_took_part(plugins, vm, saes, all_sets, infos)
+    results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=took_part)
     results["metrics"].update({m.key: m.to_json() for info in infos for m in info.metrics})
     extensions = _run_finished(results)
     if extensions:

@@ -89,38 +89,37 @@ def files_sha256(folder: str | os.PathLike, pattern: str = "*.safetensors") -> s
 def dataset_fingerprint(image_set) -> dict:
     """A cheap content hash of an image set as the audit reads it.
 
-    Hashes, in order, every item's id (a relative path or ``name#index``) and
-    label, plus, for folder sets, each file's size; sets read from one file
-    (IDX, OpenCV's ``digits.png``) add the bytes of that file (and of an IDX
-    label file). It identifies *which* images were read without decoding them
-    again. Returns ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
+    Reads only the provenance contract of :class:`sae_audit.data.ImageSet`:
+    hashes, in order, every item's id and label and, where
+    ``item_file(i)`` names the image's own file, that file's size; then the
+    bytes of each of ``content_files()`` (an IDX file and its labels,
+    OpenCV's ``digits.png``; a wrapper set reports its base's). It identifies
+    *which* images were read without decoding them again. Returns
+    ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
     """
     import hashlib
 
     digest = hashlib.sha256()
-    base = getattr(image_set, "base", image_set)
-    root = getattr(base, "root", None)
     what = ["item ids", "labels"]
+    sized = False
     for i in range(len(image_set)):
-        item = str(image_set.item_id(i))
-        size = ""
-        if root is not None:
+        item, size = str(image_set.item_id(i)), ""
+        path = image_set.item_file(i)
+        if path is not None:
+            sized = True
             try:
-                size = str(os.path.getsize(Path(root) / item))
+                size = str(os.path.getsize(path))
             except OSError:
                 size = "?"
         digest.update(f"{item}\0{image_set.label(i)}\0{size}\n".encode())
-    if root is not None:
+    if sized:
         what.append("file sizes")
-    files = [getattr(base, "images_path", None), getattr(base, "labels_path", None)]
-    if files[0] is None and isinstance(getattr(base, "source", None), str) and base.source:
-        files = [base.source.split(" (")[0]]
-    for f in files:
-        if f is not None and Path(str(f)).is_file():
+    for f in image_set.content_files():
+        if f is not None and Path(f).is_file():
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
-            what.append(f"bytes of {Path(str(f)).name}")
+            what.append(f"bytes of {Path(f).name}")
     return {"content_hash": "sha256:" + digest.hexdigest(),
             "content_hash_of": ", ".join(what[:-1]) + " and " + what[-1]}
 
