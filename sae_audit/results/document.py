@@ -8,12 +8,15 @@ Top level (schema version 1)::
     model            {name, revision, family, num_blocks, d_model, image_size, device, dtype}
     settings         the audit's settings (batch size, dense threshold, seed, ...)
     provenance       {python, platform, packages: {torch, transformers, ...}, plugins, seeds, command}
-    metrics          {key: {label, higher_is_better, scope, description}}
+    metrics          {key: {label, higher_is_better, scope, description}}; a metric a suite declared
+                     also has suite, path, plugin, pct, digits and optionally interval, floor
+                     (see sae_audit.results.metric_info)
     datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes,
                        content_hash, content_hash_of}]
     saes             [{spec, label, hook_point, weights_sha256, config, datasets: {name: metrics},
                        pairs: [...]}]
-    plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
+    plugins          [{name, distribution, version}]: the plugins that took part (built-in first;
+                     see sae_audit.audit.contributors); provenance.plugins lists every installed one
     extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
 The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v1.json``
