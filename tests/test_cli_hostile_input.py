@@ -240,6 +240,11 @@ def test_an_image_size_other_than_the_sae_s_is_warned_and_reported(tiny_model_di
     assert "--image-size 48 differs from the resolution the SAEs were trained at (32 px)" in err
     md = (out / "report.md").read_text()
     assert "Audited at 48 px, but" in md and "was trained at 32 px" in md
+    # -q: errors and --fail-on outcomes only; the mismatch is still in the report
+    assert main(["run", str(tiny_model_dir), "--sae", str(sae), "--id", str(tiny_image_folder), "--ood", str(ood),
+                 "--out", str(out), "--device", "cpu", "--image-size", "48", "--overwrite", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert "Audited at 48 px, but" in (out / "report.md").read_text()
 
 
 def test_pushing_to_an_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys):
