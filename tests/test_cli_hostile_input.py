@@ -135,6 +135,15 @@ def test_a_plugin_suite_failure_names_the_plugin_and_stops_early(plugin_site, mo
     assert not out.exists()
 
 
+def test_two_folders_with_one_name_are_refused_with_what_to_do(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    a = make_image_folder(tmp_path / "a" / "imgs", n_per_class=2, classes=("x", "y"))
+    b = make_image_folder(tmp_path / "b" / "imgs", n_per_class=2, classes=("x", "y"), seed=4)
+    assert main(run_args(tiny_model_dir, tiny_sae_dir, a, b, tmp_path / "out")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "image set names must differ, but 'imgs' names more than one set" in line and "rename" in line
+    assert not (tmp_path / "out").exists()
+
+
 # --------------------------------------------------------------------------- conditions that can never hold
 @pytest.mark.parametrize("cond, why", [("fvu>nan", "finite"), ("fvu_gap[images]>0.1", "qualify it with an OOD set"),
                                        ("fvu[nowhere]>0.1", "no image set 'nowhere'")])

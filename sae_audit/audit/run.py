@@ -80,7 +80,10 @@ def audit_loaded(
         check_compatible(vm, item)
     names = [id_set.name] + [s.name for s in ood_sets]
     if len(set(names)) != len(names):
-        raise SaeAuditError(f"image set names must differ, got {names}")
+        twice = ", ".join(repr(n) for n in dict.fromkeys(n for n in names if names.count(n) > 1))
+        raise SaeAuditError(f"image set names must differ, but {twice} names more than one set (a folder's set is "
+                            "named after the folder, a derived set such as corrupt:... after its base set): rename "
+                            "or move a folder so that the names differ")
     plugins.call("sae_audit_run_configured", model=vm, saes=list(saes), id_set=id_set, ood_sets=list(ood_sets),
                  config=settings)
 
