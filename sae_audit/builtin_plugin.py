@@ -55,17 +55,22 @@ def sae_audit_register_image_sets(register):
 
 @hookimpl
 def sae_audit_register_suites(register):
+    from sae_audit.results.metric_info import MetricInfo as M
     from sae_audit.suites import coverage, k_robustness, monosemanticity, ood, pictures, probing, purity
 
     # Coverage always runs (the audit builds it itself); it is registered so
-    # that listings and name conflicts see it.
+    # that listings and name conflicts see it. Its metrics are the results' own (results/metric_info.py).
     register("coverage", lambda c: coverage.CoverageAccumulator(c.sae.d_sae, c.sae.d_in, c.sae.k),
              "firing frequencies, alive/dead/dense latents, L0, effective units and reconstruction, ID vs OOD")
     register("monosemanticity",
              lambda c: monosemanticity.MonosemanticityAccumulator(c.sae.d_sae, c.judge_width, c.judge_name),
-             "monosemanticity score per latent against judge embeddings (Pach et al. 2025)", needs_embeddings=True)
+             "monosemanticity score per latent against judge embeddings (Pach et al. 2025)", needs_embeddings=True,
+             metrics=[M("ms_mean", "monosemanticity (mean MS over alive latents)", True, "dataset",
+                        "mean monosemanticity score of the latents that fire (Pach et al. 2025)")])
     register("purity", lambda c: purity.PurityAccumulator(c.sae.d_sae),
-             "share of each latent's top-16 images in its most common class (labelled sets)", needs_labels=True)
+             "share of each latent's top-16 images in its most common class (labelled sets)", needs_labels=True,
+             metrics=[M("purity_mean", "class purity (mean over alive latents)", True, "dataset",
+                        "mean share of a latent's top images in its most common class", pct=True)])
     register("probing", lambda c: probing.ProbingAccumulator(c.sae.d_sae, c.sae.k, seed=c.seed),
              "held-out accuracy of a logistic regression on each image's top-m latents, m in 1,2,4,8,k",
              needs_labels=True)
@@ -73,7 +78,11 @@ def sae_audit_register_suites(register):
              "FVU and L0 with the inference budget swapped to k/4, k/2, k, 2k, 4k")
     register("ood-detection", lambda c: ood.OODAccumulator(c.sae.d_sae, c.sae.d_in),
              "AUROC of per-image FVU, L0, effective units and latent rarity for ID vs OOD",
-             compare=lambda a, b, ctx: ood.compare(a, b))
+             compare=lambda a, b, ctx: ood.compare(a, b),
+             metrics=[M(f"auroc_{s}", f"AUROC ID vs OOD by per-image {what}", None, "pair",
+                        f"how well per-image {what} tells OOD images from ID ones (0.5: not at all)")
+                      for s, what in (("fvu", "FVU"), ("l0", "L0"), ("effective_units", "effective units"),
+                                      ("rarity", "latent rarity"))])
     register("pictures", lambda c: pictures.PicturesAccumulator(c.sae.d_sae),
              "thumbnails of the top images of the most shifted and OOD-only latents",
              compare=lambda a, b, ctx: pictures.compare(a, b, ctx.coverage or {}, ctx.id_set, ctx.ood_set))

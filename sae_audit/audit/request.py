@@ -98,5 +98,11 @@ class AuditRequest:
         return [n for n in (self.id_set, *self.ood_sets) if os.path.isdir(os.path.expanduser(n))]
 
     def conditions(self) -> list[Condition]:
-        """The parsed ``fail_on`` conditions (:func:`sae_audit.results.gate.parse_condition`)."""
-        return [parse_condition(c) for c in self.fail_on]
+        """The parsed ``fail_on`` conditions (:func:`sae_audit.results.gate.parse_condition`): on the
+        coverage metrics and every registered suite's (:func:`sae_audit.suites.known_metrics`)."""
+        if not self.fail_on:
+            return []
+        from sae_audit.suites import known_metrics
+
+        metrics = known_metrics()
+        return [parse_condition(c, metrics) for c in self.fail_on]

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import replace
 
+from sae_audit.audit.contributors import plugins_that_took_part
 from sae_audit.audit.request import AuditRequest, AuditSettings
 from sae_audit.audit.stream import (
     AuditContext,
@@ -27,7 +28,7 @@ from sae_audit.results import build_results, files_sha256
 from sae_audit.results.gate import check_conditions
 from sae_audit.sae import load_sae
 from sae_audit.sae.io import resolve_sae_folder
-from sae_audit.suites import PairContext, resolve_suites
+from sae_audit.suites import PairContext, known_metrics, resolve_suites
 from sae_audit.suites.coverage import compare
 
 logger = logging.getLogger("sae_audit.audit")
@@ -79,7 +80,10 @@ def audit_loaded(
         check_compatible(vm, item)
     names = [id_set.name] + [s.name for s in ood_sets]
     if len(set(names)) != len(names):
-        raise SaeAuditError(f"image set names must differ, got {names}")
+        twice = ", ".join(repr(n) for n in dict.fromkeys(n for n in names if names.count(n) > 1))
+        raise SaeAuditError(f"image set names must differ, but {twice} names more than one set (a folder's set is "
+                            "named after the folder, a derived set such as corrupt:... after its base set): rename "
+                            "or move a folder so that the names differ")
     plugins.call("sae_audit_run_configured", model=vm, saes=list(saes), id_set=id_set, ood_sets=list(ood_sets),
                  config=settings)
 
@@ -131,7 +135,9 @@ def audit_loaded(
         settings_json["suites"] = [i.name for i in infos]
         if any(i.needs_embeddings for i in infos):
             settings_json["judge"] = (judge or vm).name
-    results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=plugins.provenance())
+    took_part = plugins_that_took_part(plugins, vm, saes, all_sets, infos)
+    results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=took_part)
+    results["metrics"].update({m.key: m.to_json() for info in infos for m in info.metrics})
     extensions = _run_finished(results)
     if extensions:
         results["extensions"] = extensions
@@ -159,7 +165,7 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
     ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
                 for s in request.ood_sets]
-    check_conditions(request.conditions(), id_set.name, [id_set.name, *(s.name for s in ood_sets)])
+    _check_conditions(request, suite_names, id_set.name, [id_set.name, *(s.name for s in ood_sets)])
     saes = _load_saes(request)
     model_spec = _resolution(request.model, saes)
     vm = load_model(model_spec)
@@ -174,6 +180,19 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     results = audit_loaded(vm, saes, id_set, ood_sets, request.settings, suite_names, judge, progress)
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def _check_conditions(request: AuditRequest, suite_names: list[str], id_name: str, set_names: list[str]) -> None:
+    """Refuse ``fail_on`` conditions that can never hold: a set the audit lacks, a suite metric whose suite does
+    not run (:func:`sae_audit.results.gate.check_conditions`)."""
+    conditions = request.conditions()
+    metrics = known_metrics()
+    for c in conditions:
+        suite = metrics[c.metric].suite
+        if suite is not None and suite not in suite_names:
+            raise SaeAuditError(f"`fail_on` {c.text!r}: {c.metric} is a metric of suite {suite!r}, which this audit "
+                                f"does not run; add {suite} to `suites`", field="suites")
+    check_conditions(conditions, id_name, set_names, metrics)
 
 
 def _load_saes(request: AuditRequest) -> list[AuditedSAE]:

@@ -160,7 +160,7 @@ def audit_image_set(run: AuditContext, image_set: ImageSet) -> ImageSetAudit:
             if not checked:  # a plugin suite's output is checked on the first batch, before the long part
                 for info in run.suites:
                     if info.plugin != BUILTIN:
-                        check_suite_output(info, _suite_call(info, "finish", more[info.name].finish))
+                        check_first_finish(info, more[info.name])
         checked = True
     if n_images == 0:
         raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
@@ -223,6 +223,20 @@ def _suite_call(info: SuiteInfo, what: str, fn, *args):
     """Call a suite's ``accumulate``/``finish``/``compare``; a plugin's failure names the plugin and the suite."""
     return get_plugin_manager().guarded(info.plugin, f"the {what} of suite {info.name!r} (sae_audit_register_suites)",
                                         fn, *args)
+
+
+def check_first_finish(info: SuiteInfo, acc) -> None:
+    """Call a plugin suite's ``finish`` twice after its first batch: JSON-ready, and the same both times.
+
+    Raises:
+        PluginError: ``finish`` raised, returned something that cannot go into results.json,
+            or changed the accumulator (a second call returned something else); names the plugin and suite.
+    """
+    first = check_suite_output(info, _suite_call(info, "finish", acc.finish))
+    if _suite_call(info, "finish", acc.finish) != first:
+        raise PluginError(f"{get_plugin_manager().who(info.plugin)}: suite {info.name!r}: finish() returned "
+                          "something else when called a second time; finish must not change the accumulator "
+                          "(sae-audit calls it after the first batch to check its output)")
 
 
 def check_suite_output(info: SuiteInfo, value, what: str = "finish"):

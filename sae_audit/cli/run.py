@@ -133,8 +133,14 @@ def _gate(args, results: dict, request: AuditRequest, out: Path, paths) -> int:
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
+    from sae_audit.plugin_manager import BUILTIN
+
     rows = [("coverage", "firing frequencies, alive/dead/dense latents, L0, FVU; ID vs OOD shift (always runs)")]
-    rows += [(i.name, i.description + (" [needs labels]" if i.needs_labels else "")) for i in available_suites().values()]
+    for i in available_suites().values():
+        extra = [" [needs labels]" if i.needs_labels else "",
+                 f" [metrics: {', '.join(m.key for m in i.metrics)}]" if i.metrics else "",
+                 "" if i.plugin == BUILTIN else f" [plugin {i.plugin}]"]
+        rows.append((i.name, i.description + "".join(extra)))
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
         print(f"{name:<{width}}  {desc}")

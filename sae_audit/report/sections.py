@@ -12,6 +12,7 @@ import math
 from typing import Callable
 
 from sae_audit.report import suite_sections
+from sae_audit.report.metric_verdict import suite_metric_verdict
 from sae_audit.results.metric_info import metrics_of
 from sae_audit.report.plugin_sections import plugin_sections
 from sae_audit.report.view import Bullets, Details, Figure, Section, Table, View, direction, fmt, fmt_metric
@@ -85,7 +86,7 @@ def verdict(results: dict) -> list[str]:
                     is not None else -math.inf)
         lines.insert(0, f"Verdict: {saes[0]['label']} covers {worst} least well "
                         f"(FVU gap {fmt(_pair(saes[0], worst)['fvu_gap'])}).")
-    return lines
+    return lines + suite_metric_verdict(results)  # the metrics suites declare (plugins' included)
 
 
 def _setup_table(results: dict) -> Table:

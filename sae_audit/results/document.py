@@ -8,12 +8,15 @@ Top level (schema version 1)::
     model            {name, revision, family, num_blocks, d_model, image_size, device, dtype}
     settings         the audit's settings (batch size, dense threshold, seed, ...)
     provenance       {python, platform, packages: {torch, transformers, ...}, plugins, seeds, command}
-    metrics          {key: {label, higher_is_better, scope, description}}
+    metrics          {key: {label, higher_is_better, scope, description}}; a metric a suite declared
+                     also has suite, path, plugin, pct, digits and optionally interval, floor
+                     (see sae_audit.results.metric_info)
     datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes,
                        content_hash, content_hash_of}]
     saes             [{spec, label, hook_point, weights_sha256, config, datasets: {name: metrics},
                        pairs: [...]}]
-    plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
+    plugins          [{name, distribution, version}]: the plugins that took part (built-in first;
+                     see sae_audit.audit.contributors); provenance.plugins lists every installed one
     extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
 The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v1.json``
@@ -89,38 +92,37 @@ def files_sha256(folder: str | os.PathLike, pattern: str = "*.safetensors") -> s
 def dataset_fingerprint(image_set) -> dict:
     """A cheap content hash of an image set as the audit reads it.
 
-    Hashes, in order, every item's id (a relative path or ``name#index``) and
-    label, plus, for folder sets, each file's size; sets read from one file
-    (IDX, OpenCV's ``digits.png``) add the bytes of that file (and of an IDX
-    label file). It identifies *which* images were read without decoding them
-    again. Returns ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
+    Reads only the provenance contract of :class:`sae_audit.data.ImageSet`:
+    hashes, in order, every item's id and label and, where
+    ``item_file(i)`` names the image's own file, that file's size; then the
+    bytes of each of ``content_files()`` (an IDX file and its labels,
+    OpenCV's ``digits.png``; a wrapper set reports its base's). It identifies
+    *which* images were read without decoding them again. Returns
+    ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
     """
     import hashlib
 
     digest = hashlib.sha256()
-    base = getattr(image_set, "base", image_set)
-    root = getattr(base, "root", None)
     what = ["item ids", "labels"]
+    sized = False
     for i in range(len(image_set)):
-        item = str(image_set.item_id(i))
-        size = ""
-        if root is not None:
+        item, size = str(image_set.item_id(i)), ""
+        path = image_set.item_file(i)
+        if path is not None:
+            sized = True
             try:
-                size = str(os.path.getsize(Path(root) / item))
+                size = str(os.path.getsize(path))
             except OSError:
                 size = "?"
         digest.update(f"{item}\0{image_set.label(i)}\0{size}\n".encode())
-    if root is not None:
+    if sized:
         what.append("file sizes")
-    files = [getattr(base, "images_path", None), getattr(base, "labels_path", None)]
-    if files[0] is None and isinstance(getattr(base, "source", None), str) and base.source:
-        files = [base.source.split(" (")[0]]
-    for f in files:
-        if f is not None and Path(str(f)).is_file():
+    for f in image_set.content_files():
+        if f is not None and Path(f).is_file():
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
-            what.append(f"bytes of {Path(str(f)).name}")
+            what.append(f"bytes of {Path(f).name}")
     return {"content_hash": "sha256:" + digest.hexdigest(),
             "content_hash_of": ", ".join(what[:-1]) + " and " + what[-1]}
 

@@ -8,11 +8,12 @@ that uses it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sae_audit.errors import SaeAuditError
-from sae_audit.plugin_manager import Registration, RegistrationError, get_plugin_manager
+from sae_audit.plugin_manager import PluginError, Registration, RegistrationError, get_plugin_manager
+from sae_audit.results.metric_info import METRICS, MetricInfo, check_metric
 from sae_audit.suites.base import Accumulator
 
 KIND = "suites"
@@ -62,6 +63,9 @@ class SuiteInfo:
         needs_labels: the suite is skipped (or an error under strict mode) on an unlabelled set.
         needs_embeddings: batches must carry judge embeddings.
         plugin: the plugin that registered it.
+        metrics: the metrics the suite declared (:class:`~sae_audit.results.MetricInfo`
+            with ``suite`` and ``plugin`` filled in): they join the results' ``metrics``
+            table, ``--fail-on``, ``report diff``, the model card and the verdict.
     """
 
     name: str
@@ -71,10 +75,13 @@ class SuiteInfo:
     needs_labels: bool = False
     needs_embeddings: bool = False
     plugin: str = ""
+    metrics: tuple[MetricInfo, ...] = ()
 
 
-def _accept(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False) -> tuple:
-    """``register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False)``."""
+def _accept(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False,
+            metrics=()) -> tuple:
+    """``register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False,
+    metrics=())`` (see the hook's documentation)."""
     if name in ("all",):
         raise RegistrationError("a suite cannot be named 'all' (it selects every suite)")
     if not callable(factory):
@@ -83,7 +90,24 @@ def _accept(name, factory, description, compare=None, needs_labels=False, needs_
         raise RegistrationError(f"compare must be callable, got {type(compare).__name__} {compare!r:.60}")
     if not isinstance(description, str):
         raise RegistrationError(f"description must be a string, got {type(description).__name__}")
-    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings)), description, ()
+    if isinstance(metrics, MetricInfo) or not isinstance(metrics, (list, tuple)):
+        raise RegistrationError(f"suite {name!r}: metrics must be a list of sae_audit.results.MetricInfo, got "
+                                f"{type(metrics).__name__}")
+    declared: list[MetricInfo] = []
+    for m in metrics:
+        try:
+            check_metric(m)
+        except ValueError as exc:
+            raise RegistrationError(f"suite {name!r}: {exc}") from None
+        if m.key in METRICS:
+            raise RegistrationError(f"suite {name!r}: metric {m.key!r} is a coverage metric of sae-audit; name "
+                                    "yours differently (e.g. prefix it with the suite's name)")
+        if m.scope == "pair" and compare is None:
+            raise RegistrationError(f"suite {name!r}: metric {m.key!r} is per pair, but the suite has no compare")
+        if any(d.key == m.key for d in declared):
+            raise RegistrationError(f"suite {name!r} declares metric {m.key!r} twice")
+        declared.append(replace(m, suite=name))
+    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings), tuple(declared)), description, ()
 
 
 def suite_registrations() -> list[Registration]:
@@ -95,10 +119,45 @@ def suite_registrations() -> list[Registration]:
     return get_plugin_manager().registrations(KIND, _accept)
 
 
+def _info(r: Registration) -> SuiteInfo:
+    factory, compare, needs_labels, needs_embeddings, metrics = r.value
+    return SuiteInfo(r.name, r.description, factory, compare, needs_labels, needs_embeddings, plugin=r.plugin,
+                     metrics=tuple(replace(m, plugin=r.plugin) for m in metrics))
+
+
 def available_suites() -> dict[str, SuiteInfo]:
-    """Every runnable suite by name: the built-ins and plugins', coverage excluded (it always runs)."""
-    return {r.name: SuiteInfo(r.name, r.description, *r.value, plugin=r.plugin)
-            for r in suite_registrations() if r.name != "coverage"}
+    """Every runnable suite by name: the built-ins and plugins', coverage excluded (it always runs).
+
+    Raises:
+        sae_audit.plugin_manager.PluginError: two plugins register the same suite name, or
+            two suites declare the same metric name (the message names both plugins).
+    """
+    suites = {r.name: _info(r) for r in suite_registrations() if r.name != "coverage"}
+    seen: dict[str, SuiteInfo] = {}
+    for info in suites.values():
+        for m in info.metrics:
+            other = seen.get(m.key)
+            if other is not None:
+                manager = get_plugin_manager()
+                raise PluginError(f"metric {m.key!r} is declared twice: by suite {other.name!r} of "
+                                  f"{manager.who(other.plugin)} and by suite {info.name!r} of "
+                                  f"{manager.who(info.plugin)}; uninstall one, or leave one out with "
+                                  "SAE_AUDIT_LOAD_PLUGINS=<the plugins to load>")
+            seen[m.key] = info
+    return suites
+
+
+def known_metrics(suites=None) -> dict[str, MetricInfo]:
+    """The coverage metrics and the metrics of the registered suites (of those named in ``suites``, when given).
+
+    Raises:
+        sae_audit.plugin_manager.PluginError: as :func:`available_suites`.
+    """
+    out = dict(METRICS)
+    for info in available_suites().values():
+        if suites is None or info.name in suites:
+            out.update({m.key: m for m in info.metrics})
+    return out
 
 
 def resolve_suites(names) -> list[SuiteInfo]:
