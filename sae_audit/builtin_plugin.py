@@ -55,7 +55,7 @@ def sae_audit_register_image_sets(register):
 
 @hookimpl
 def sae_audit_register_suites(register):
-    from sae_audit.suites import coverage, k_robustness, monosemanticity, ood, pictures, probing, purity
+    from sae_audit.suites import coverage, fidelity, k_robustness, monosemanticity, ood, pictures, probing, purity
 
     # Coverage always runs (the audit builds it itself); it is registered so
     # that listings and name conflicts see it.
@@ -74,9 +74,14 @@ def sae_audit_register_suites(register):
     register("ood-detection", lambda c: ood.OODAccumulator(c.sae.d_sae, c.sae.d_in),
              "AUROC of per-image FVU, L0, effective units and latent rarity for ID vs OOD",
              compare=lambda a, b, ctx: ood.compare(a, b))
+    register("fidelity", lambda c: fidelity.FidelityAccumulator(),
+             "the model's output with the SAE's reconstruction spliced in vs mean ablation: fidelity score, "
+             "cosine, KL and top-1 agreement with a classification head",
+             compare=lambda a, b, ctx: fidelity.compare(a, b), needs_outputs=True)
     register("pictures", lambda c: pictures.PicturesAccumulator(c.sae.d_sae),
              "thumbnails of the top images of the most shifted and OOD-only latents",
-             compare=lambda a, b, ctx: pictures.compare(a, b, ctx.coverage or {}, ctx.id_set, ctx.ood_set))
+             compare=lambda a, b, ctx: pictures.compare(a, b, ctx.coverage or {}, ctx.id_set, ctx.ood_set),
+             floor=False)
 
 
 def _plugins_section(results: dict):
@@ -121,4 +126,4 @@ def sae_audit_card_metadata(config):
 def sae_audit_audit_image_set(run, image_set, role):
     from sae_audit.audit import audit_image_set
 
-    return audit_image_set(run, image_set)
+    return audit_image_set(run, image_set, role)

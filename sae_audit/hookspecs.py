@@ -130,7 +130,8 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
 
     Args:
         register: ``register(name, factory, description, compare=None,
-            needs_labels=False, needs_embeddings=False)``: ``factory(context)``
+            needs_labels=False, needs_embeddings=False, needs_outputs=False,
+            floor=None)``: ``factory(context)``
             takes a :class:`sae_audit.suites.SuiteContext` (the SAE, the judge,
             the seed) and returns a new accumulator with the shape of
             :class:`sae_audit.suites.base.Accumulator` (``accumulate(batch)``,
@@ -138,13 +139,19 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
             ``description`` is one line; ``compare(id_acc, ood_acc, pair_context)``
             optionally returns a dict per ID/OOD pair; ``needs_labels`` skips the
             suite on unlabelled sets; ``needs_embeddings`` makes the audit compute
-            judge embeddings for its batches.
+            judge embeddings for its batches; ``needs_outputs`` makes it run the
+            model to its output with the SAE spliced in (``batch.outputs``);
+            ``floor`` (default: when there is a ``compare``) also runs
+            ``compare`` on two halves of the ID set, the noise floor the
+            pairs' ``shifted`` flags are judged against. Batches carry the
+            image set's Poisson bootstrap (``batch.bootstrap``,
+            ``batch.image_weights``) when intervals are on.
 
     Returns:
         Nothing; the return value is ignored.
 
     Built-in: ``coverage`` (always run), ``monosemanticity``, ``purity``,
-    ``probing``, ``k-robustness``, ``ood-detection``, ``pictures``.
+    ``probing``, ``k-robustness``, ``ood-detection``, ``fidelity``, ``pictures``.
     """
 
 

@@ -26,6 +26,13 @@ class MetricInfo:
         pct: format as a percentage.
         digits: decimals when formatting.
         in_report: shown in the report's metric tables.
+        suite: the suite whose per-set or per-pair dicts hold the metric
+            (``results["saes"][i]["suites"][suite]``); ``None`` for coverage's.
+        interval: results carry a 95% interval for it (``False`` for descriptive counts).
+        shift: for pair metrics, the direction in which a pair is *shifted* beyond
+            the noise floor (SPEC section 5): ``1`` its interval lies above the
+            floor's, ``-1`` below it, ``0`` either way (an AUROC moves away from
+            chance in both directions), ``None`` no shift rule.
     """
 
     key: str
@@ -36,10 +43,18 @@ class MetricInfo:
     pct: bool = False
     digits: int = 3
     in_report: bool = True
+    suite: str | None = None
+    shift: int | None = None
+    interval: bool = True
 
     def to_json(self) -> dict:
         d = asdict(self)
-        return {k: d[k] for k in ("label", "higher_is_better", "scope", "description")}
+        out = {k: d[k] for k in ("label", "higher_is_better", "scope", "description")}
+        if self.suite is not None:
+            out["suite"] = self.suite
+        if self.shift is not None:
+            out["shift"] = self.shift
+        return out
 
 
 METRICS: dict[str, MetricInfo] = {}
@@ -66,18 +81,48 @@ for _m in [
     MetricInfo("l0_mean", "L0 (mean)", None, "dataset", "mean number of non-zero latents per input", digits=2),
     MetricInfo("effective_units_mean", "effective units (mean)", None, "dataset",
                "mean (||z||₁/||z||₂)² per input", digits=2),
-    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read"),
-    MetricInfo("n_nonfinite", "non-finite inputs dropped", False, "dataset", "inputs with NaN or inf, skipped"),
+    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read", interval=False),
+    MetricInfo("n_nonfinite", "non-finite inputs dropped", False, "dataset", "inputs with NaN or inf, skipped",
+               interval=False),
     MetricInfo("fvu_gap", "FVU gap (OOD − ID)", False, "pair",
-               "FVU on the OOD set minus FVU on the ID set: OOD variance the dictionary fails to cover"),
+               "FVU on the OOD set minus FVU on the ID set: OOD variance the dictionary fails to cover", shift=1),
     MetricInfo("shared_alive", "shared alive (of ID alive)", True, "pair",
-               "|alive_ID ∩ alive_OOD| / |alive_ID|", pct=True),
-    MetricInfo("n_ood_only", "OOD-only latents", None, "pair", "latents alive on OOD and dead on ID"),
-    MetricInfo("n_id_only", "ID-only latents", None, "pair", "latents alive on ID and dead on OOD"),
+               "|alive_ID ∩ alive_OOD| / |alive_ID|", pct=True, shift=-1),
+    MetricInfo("n_ood_only", "OOD-only latents", None, "pair", "latents alive on OOD and dead on ID", digits=1,
+               shift=1),
+    MetricInfo("n_id_only", "ID-only latents", None, "pair", "latents alive on ID and dead on OOD", digits=1,
+               shift=1),
     MetricInfo("js_divergence", "JS divergence of frequencies (bits)", False, "pair",
-               "Jensen-Shannon divergence (base 2) of the normalised frequency profiles"),
+               "Jensen-Shannon divergence (base 2) of the normalised frequency profiles", shift=1),
     MetricInfo("spearman", "Spearman ρ of frequencies", True, "pair",
-               "rank correlation of the ID and OOD frequency profiles"),
+               "rank correlation of the ID and OOD frequency profiles", shift=-1),
+    # Suites' metrics: found under results["saes"][i]["suites"][suite]; not in the coverage tables.
+    MetricInfo("ms_mean", "monosemanticity (mean)", True, "dataset", "mean MS over scored latents",
+               in_report=False, suite="monosemanticity"),
+    MetricInfo("purity_mean", "class purity (mean)", True, "dataset", "mean purity of the latents' top images",
+               in_report=False, suite="purity"),
+    MetricInfo("auroc_fvu", "AUROC of per-image FVU", None, "pair", "OOD detection by per-image FVU (0.5 chance)",
+               in_report=False, suite="ood-detection", shift=0),
+    MetricInfo("auroc_l0", "AUROC of per-image L0", None, "pair", "OOD detection by per-image L0 (0.5 chance)",
+               in_report=False, suite="ood-detection", shift=0),
+    MetricInfo("auroc_effective_units", "AUROC of effective units", None, "pair",
+               "OOD detection by per-image effective units (0.5 chance)", in_report=False, suite="ood-detection",
+               shift=0),
+    MetricInfo("auroc_rarity", "AUROC of latent rarity", None, "pair",
+               "OOD detection by the rarity of the fired latents under the ID profile, leave-one-out (0.5 chance)",
+               in_report=False, suite="ood-detection", shift=0),
+    MetricInfo("fidelity", "downstream fidelity", True, "dataset",
+               "1 - E[d(y, y_sae)] / E[d(y, y_ablate)] with d = 1 - cos of the model's output", in_report=False,
+               suite="fidelity"),
+    MetricInfo("fidelity_gap", "fidelity gap (ID − OOD)", False, "pair",
+               "downstream fidelity on ID minus on OOD: what the dictionary fails to carry out of distribution",
+               in_report=False, suite="fidelity", shift=1),
+    MetricInfo("fidelity_kl_gap", "fidelity gap, KL of logits (ID − OOD)", False, "pair",
+               "the KL-based fidelity on ID minus on OOD (models with a classification head)", in_report=False,
+               suite="fidelity", shift=1),
+    MetricInfo("auroc_output_distance", "AUROC of output distance", None, "pair",
+               "OOD detection by the per-image distance d(y, y_sae) of the spliced output (0.5 chance)",
+               in_report=False, suite="fidelity", shift=0),
 ]:
     register_metric(_m)
 
@@ -88,4 +133,5 @@ def metrics_table() -> dict[str, dict]:
 
 
 def metrics_of(scope: str) -> list[MetricInfo]:
-    return [m for m in METRICS.values() if m.scope == scope and m.in_report]
+    """The coverage metrics of ``scope`` shown in the report's tables."""
+    return [m for m in METRICS.values() if m.scope == scope and m.in_report and m.suite is None]

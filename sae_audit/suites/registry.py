@@ -27,12 +27,16 @@ class SuiteContext:
         judge_name: the model whose pooled output gives judge embeddings.
         judge_width: ``d_e``, the width of those embeddings (``None`` when no judge runs).
         seed: the audit's seed.
+        image_set: the name of the image set the accumulator will see.
+        bootstrap: the number of bootstrap replicates (0: off); the batches carry the weights.
     """
 
     sae: Any
     judge_name: str = ""
     judge_width: int | None = None
     seed: int = 0
+    image_set: str = ""
+    bootstrap: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class SuiteInfo:
             after both accumulators finished streaming.
         needs_labels: the suite is skipped (or an error under strict mode) on an unlabelled set.
         needs_embeddings: batches must carry judge embeddings.
+        needs_outputs: batches must carry the model's outputs with the SAE spliced in
+            (:class:`~sae_audit.models.splice.SpliceOutputs`; the fidelity suite).
+        floor: ``compare`` is also run on two halves of the ID set (the noise floor,
+            SPEC section 5); default: whenever there is a ``compare``.
         plugin: the plugin that registered it.
     """
 
@@ -70,11 +78,15 @@ class SuiteInfo:
     compare: Callable[[Any, Any, PairContext], dict] | None = None
     needs_labels: bool = False
     needs_embeddings: bool = False
+    needs_outputs: bool = False
+    floor: bool = False
     plugin: str = ""
 
 
-def _accept(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False) -> tuple:
-    """``register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False)``."""
+def _accept(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False,
+            needs_outputs=False, floor=None) -> tuple:
+    """``register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False,
+    needs_outputs=False, floor=None)``."""
     if name in ("all",):
         raise RegistrationError("a suite cannot be named 'all' (it selects every suite)")
     if not callable(factory):
@@ -83,7 +95,9 @@ def _accept(name, factory, description, compare=None, needs_labels=False, needs_
         raise RegistrationError(f"compare must be callable, got {type(compare).__name__} {compare!r:.60}")
     if not isinstance(description, str):
         raise RegistrationError(f"description must be a string, got {type(description).__name__}")
-    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings)), description, ()
+    floor = compare is not None if floor is None else bool(floor) and compare is not None
+    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings), bool(needs_outputs), floor), \
+        description, ()
 
 
 def suite_registrations() -> list[Registration]:
