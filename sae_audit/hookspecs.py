@@ -274,7 +274,8 @@ def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_
             :class:`sae_audit.audit.AuditSettings`), ``suites`` (the
             :class:`sae_audit.suites.SuiteInfo` s to run besides coverage),
             ``judge`` (the model giving judge embeddings, or ``None``: the
-            audited model) and ``progress`` (show a progress bar).
+            audited model), ``progress`` (show a progress bar) and ``ablation``
+            (per SAE, the ID mean the fidelity suite ablates with, or ``None``).
         image_set: the :class:`sae_audit.data.ImageSet` to read.
         role: ``"id"`` or ``"ood"``.
 
@@ -283,8 +284,10 @@ def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_
         accumulator per SAE, in order), ``suites`` (one ``{suite name:
         accumulator}`` dict per SAE, in order) and ``description`` (the
         JSON-ready description of the set as read: ``name``, ``n_images``,
-        ``n_skipped``, ...). A wrapper receives it from ``yield`` and returns it,
-        or a changed copy (``dataclasses.replace``).
+        ``n_skipped``, ...), and for the ID set ``floor`` (per SAE, the pair
+        metrics between two halves of the set, or ``{"unavailable": reason}``;
+        ``None`` leaves every noise floor unavailable). A wrapper receives it
+        from ``yield`` and returns it, or a changed copy (``dataclasses.replace``).
     """
 
 

@@ -179,7 +179,9 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
     ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
                 for s in request.ood_sets]
-    check_conditions(request.conditions(), id_set.name, [id_set.name, *(s.name for s in ood_sets)])
+    conditions = request.conditions()
+    check_conditions(conditions, id_set.name, [id_set.name, *(s.name for s in ood_sets)], request.settings.bootstrap)
+    _check_condition_suites(conditions, suite_names)
     saes = _load_saes(request)
     model_spec = _resolution(request.model, saes)
     vm = load_model(model_spec)
@@ -194,6 +196,17 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     results = audit_loaded(vm, saes, id_set, ood_sets, request.settings, suite_names, judge, progress)
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def _check_condition_suites(conditions, suite_names: list[str]) -> None:
+    """Refuse a condition on a suite's metric when that suite does not run (it could never hold)."""
+    from sae_audit.results.metric_info import METRICS
+
+    for c in conditions:
+        suite = METRICS[c.metric].suite if c.metric else None
+        if suite is not None and suite not in suite_names:
+            raise SaeAuditError(f"`fail_on` {c.text!r}: {c.metric} comes from the {suite} suite, which this audit "
+                                f"does not run; add it to `suites`", field="fail_on")
 
 
 def _load_saes(request: AuditRequest) -> list[AuditedSAE]:
