@@ -64,7 +64,7 @@ def sae_audit_register_suites(register):
     register("monosemanticity",
              lambda c: monosemanticity.MonosemanticityAccumulator(c.sae.d_sae, c.judge_width, c.judge_name),
              "monosemanticity score per latent against judge embeddings (Pach et al. 2025)", needs_embeddings=True)
-    register("purity", lambda c: purity.PurityAccumulator(c.sae.d_sae),
+    register("purity", lambda c: purity.PurityAccumulator(c.sae.d_sae, replicates=c.bootstrap > 0),
              "share of each latent's top-16 images in its most common class (labelled sets)", needs_labels=True)
     register("probing", lambda c: probing.ProbingAccumulator(c.sae.d_sae, c.sae.k, seed=c.seed),
              "held-out accuracy of a logistic regression on each image's top-m latents, m in 1,2,4,8,k",

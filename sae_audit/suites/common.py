@@ -133,9 +133,15 @@ class ReplicateMoments:
         x = x.double()
         c = x.mean(dim=0)
         xc = x - c
+        self.add_centred(w, c, xc, xc.pow(2).sum(dim=1), row, n_images)
+
+    def add_centred(self, w: torch.Tensor, c: torch.Tensor, xc: torch.Tensor, sq_rows: torch.Tensor,
+                    row: torch.Tensor, n_images: int) -> None:
+        """:meth:`add` given the batch mean ``c [d]``, the centred rows ``xc [N, d]`` and ``||xc||^2 [N]``
+        (float64), so a caller that has them does not compute them twice."""
         counts = torch.bincount(row, minlength=n_images).double()
-        sx = torch.zeros(n_images, x.shape[1], dtype=torch.float64).index_add_(0, row, xc)
-        sq = torch.zeros(n_images, dtype=torch.float64).index_add_(0, row, xc.pow(2).sum(dim=1))
+        sx = torch.zeros(n_images, xc.shape[1], dtype=torch.float64).index_add_(0, row, xc)
+        sq = torch.zeros(n_images, dtype=torch.float64).index_add_(0, row, sq_rows)
         n_b = w @ counts
         s_b = w @ sx
         safe = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
