@@ -199,7 +199,8 @@ def audit_image_set(run: AuditContext, image_set: ImageSet, role: str = "ood") -
         if want_out:
             from sae_audit.audit.splicing import spliced_outputs
 
-            outs = spliced_outputs(vm, pixel_values, acts, base, saes, reps, list(run.ablation), check=not checked)
+            outs = spliced_outputs(vm, pixel_values, acts, base, saes, reps, list(run.ablation),
+                                   check=not checked and role == "id")  # once per audit: the ID set comes first
             sbs = [dataclasses.replace(sb, outputs=o) for sb, o in zip(sbs, outs)]
         keep = split[batch.indices] if split is not None else None
         if keep is not None:
