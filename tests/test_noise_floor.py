@@ -75,6 +75,11 @@ def test_another_distribution_is_shifted_beyond_the_floor(audit):
     pair = next(p for p in s["pairs"] if p["ood"] == "other")
     assert pair["shifted"]["fvu_gap"] and pair["shifted"]["js_divergence"]
     assert pair["intervals"]["fvu_gap"][0] > s["noise_floor"]["intervals"]["fvu_gap"][1]
+    assert pair["floor"]["fvu_gap"] == s["noise_floor"]["intervals"]["fvu_gap"]  # the floor beside the value
+    table = audit["results"]["metrics"]
+    assert table["fvu_gap"]["interval"] == ["intervals", "fvu_gap"] and table["fvu_gap"]["floor"] == ["floor", "fvu_gap"]
+    assert table["fvu_gap"]["shift"] == 1 and table["spearman"]["shift"] == -1 and table["auroc_rarity"]["shift"] == 0
+    assert "interval" not in table["n_inputs"]
     assert pair["js_top_latents"][0]["share"] > 0 and pair["js_latents_for_half"] >= 1
 
 

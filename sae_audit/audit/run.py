@@ -131,7 +131,7 @@ def audit_loaded(
         pairs = []
         for s in ood_sets:
             pair = {"id": id_set.name, "ood": s.name, **compare(accs[id_set.name], accs[s.name])}
-            pair["shifted"] = shifted_flags(pair, cov_floor)
+            _judge(pair, cov_floor)
             pairs.append(pair)
         entry = {
             "spec": item.spec,
@@ -276,6 +276,13 @@ def _has_labels(image_set: ImageSet) -> bool:
         return False
 
 
+def _judge(pair: dict, floor: dict | None, suite: str | None = None) -> None:
+    """Add the floor's intervals (``floor``) and the ``shifted`` flags to a pair dict, in place."""
+    if floor is not None and "unavailable" not in floor and floor.get("intervals") is not None:
+        pair["floor"] = {k: v for k, v in floor["intervals"].items() if k in (pair.get("intervals") or {})}
+    pair["shifted"] = shifted_flags(pair, floor, suite)
+
+
 class _Finished:
     """A suite's per-set result, finished as soon as its set was streamed."""
 
@@ -321,7 +328,7 @@ def _finish_suites(infos, accs: dict, all_sets: list, coverage_pairs: list[dict]
                                                                 per_set[s.name], ctx), "compare")
                     pair = {"id": id_set.name, "ood": s.name, **pair}
                     if info.floor:
-                        pair["shifted"] = shifted_flags(pair, suite_floor, info.name)
+                        _judge(pair, suite_floor, info.name)
                     entry["pairs"].append(pair)
         out[info.name] = entry
     return out

@@ -21,7 +21,8 @@ Intervals, noise floor, shift (version 2; SPEC section 5). Every metrics dict
 and, beside them, ``intervals: {metric: [low, high]}``: the 95% Poisson-bootstrap
 interval (the interval has the value's shape with each number replaced by
 ``[low, high]``; ``null`` or a missing key: unavailable). Every pair holds
-``shifted: {metric: true | false | null}`` (:mod:`sae_audit.results.shift`); every
+``shifted: {metric: true | false | null}`` (:mod:`sae_audit.results.shift`) and,
+when there is a floor, ``floor: {metric: [low, high]}``, the floor's interval; every
 SAE holds ``noise_floor``, the pair metrics between two halves of the ID set
 (``{"id", "n_images": [A, B], metric: value, ..., "intervals"}``) or
 ``{"unavailable": reason}``, and each suite with pairs its own ``noise_floor``.

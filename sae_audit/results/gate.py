@@ -142,11 +142,15 @@ def check_conditions(conditions: list[Condition], id_name: str, set_names: list[
 
 def _pick(stats: dict | None, c: Condition):
     """The number a condition compares: the point value, or a bound of its interval (``None`` when missing)."""
+    from sae_audit.results.metric_info import METRICS
+
     if not isinstance(stats, dict):
         return None
     if c.bound is None:
         return stats.get(c.metric)
-    iv = (stats.get("intervals") or {}).get(c.metric)
+    iv = stats
+    for key in METRICS[c.metric].interval or ():  # where the metric's interval is (("intervals", metric))
+        iv = iv.get(key) if isinstance(iv, dict) else None
     if not isinstance(iv, list) or len(iv) != 2 or not all(isinstance(v, (int, float)) for v in iv):
         return None
     return iv[0] if c.bound == "low" else iv[1]

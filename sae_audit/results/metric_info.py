@@ -8,7 +8,7 @@ register them with :func:`register_metric`.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,11 @@ class MetricInfo:
         in_report: shown in the report's metric tables.
         suite: the suite whose per-set or per-pair dicts hold the metric
             (``results["saes"][i]["suites"][suite]``); ``None`` for coverage's.
-        interval: results carry a 95% interval for it (``False`` for descriptive counts).
+        interval: the keys leading to the metric's 95% interval ``[low, high]`` in
+            the same dict (``("intervals", key)``), or ``None`` when it has none
+            (descriptive counts).
+        floor: for a pair metric, the keys leading to the noise floor's 95%
+            interval in the pair dict (``("floor", key)``), or ``None``.
         shift: for pair metrics, the direction in which a pair is *shifted* beyond
             the noise floor (SPEC section 5): ``1`` its interval lies above the
             floor's, ``-1`` below it, ``0`` either way (an AUROC moves away from
@@ -45,7 +49,16 @@ class MetricInfo:
     in_report: bool = True
     suite: str | None = None
     shift: int | None = None
-    interval: bool = True
+    interval: tuple[str, ...] | None = None
+    floor: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "floor"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(value))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -54,6 +67,7 @@ class MetricInfo:
             out["suite"] = self.suite
         if self.shift is not None:
             out["shift"] = self.shift
+        out.update({k: list(getattr(self, k)) for k in ("interval", "floor") if getattr(self, k)})
         return out
 
 
@@ -81,9 +95,9 @@ for _m in [
     MetricInfo("l0_mean", "L0 (mean)", None, "dataset", "mean number of non-zero latents per input", digits=2),
     MetricInfo("effective_units_mean", "effective units (mean)", None, "dataset",
                "mean (||z||₁/||z||₂)² per input", digits=2),
-    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read", interval=False),
+    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read", interval=()),
     MetricInfo("n_nonfinite", "non-finite inputs dropped", False, "dataset", "inputs with NaN or inf, skipped",
-               interval=False),
+               interval=()),
     MetricInfo("fvu_gap", "FVU gap (OOD − ID)", False, "pair",
                "FVU on the OOD set minus FVU on the ID set: OOD variance the dictionary fails to cover", shift=1),
     MetricInfo("shared_alive", "shared alive (of ID alive)", True, "pair",
@@ -124,6 +138,13 @@ for _m in [
                "OOD detection by the per-image distance d(y, y_sae) of the spliced output (0.5 chance)",
                in_report=False, suite="fidelity", shift=0),
 ]:
+    # Where the interval and the floor are: beside the value, in one shape for every metric (SPEC section 5).
+    if _m.interval is None:
+        _m = replace(_m, interval=("intervals", _m.key))
+    elif not _m.interval:  # a descriptive count: no interval
+        _m = replace(_m, interval=None)
+    if _m.scope == "pair" and _m.shift is not None:
+        _m = replace(_m, floor=("floor", _m.key))
     register_metric(_m)
 
 
