@@ -131,19 +131,26 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
 
     Args:
         register: ``register(name, factory, description, compare=None,
-            needs_labels=False, needs_embeddings=False, metrics=())``:
-            ``name`` is what ``--suite`` takes; ``factory(context)`` takes a
-            :class:`sae_audit.suites.SuiteContext` (``sae``, ``judge_name``,
-            ``judge_width``, ``seed``) and returns a new accumulator, one per
-            SAE and image set; ``description`` is one line for ``sae-audit
-            suites``; ``compare(id_acc, ood_acc, pair_context)`` optionally
-            returns a dict per ID/OOD pair (``pair_context`` is a
+            needs_labels=False, needs_embeddings=False, needs_outputs=False,
+            floor=None, metrics=())``: ``name`` is what ``--suite`` takes;
+            ``factory(context)`` takes a :class:`sae_audit.suites.SuiteContext`
+            (``sae``, ``judge_name``, ``judge_width``, ``seed``, ``bootstrap``)
+            and returns a new accumulator, one per SAE and image set;
+            ``description`` is one line for ``sae-audit suites``;
+            ``compare(id_acc, ood_acc, pair_context)`` optionally returns a dict
+            per ID/OOD pair (``pair_context`` is a
             :class:`sae_audit.suites.PairContext`: ``id_set``, ``ood_set``,
             ``coverage``, the coverage suite's pair dict); ``needs_labels``
             skips the suite on unlabelled sets; ``needs_embeddings`` makes the
-            audit compute judge embeddings for its batches; ``metrics`` is a
-            list of :class:`sae_audit.results.MetricInfo` (also
+            audit compute judge embeddings for its batches; ``needs_outputs``
+            makes it run the model to its output with the SAE spliced in
+            (``batch.outputs``); ``floor`` (default: when there is a
+            ``compare``) also runs ``compare`` on two halves of the ID set, the
+            noise floor the pairs' ``shifted`` flags are judged against;
+            ``metrics`` is a list of :class:`sae_audit.results.MetricInfo` (also
             ``sae_audit.suites.MetricInfo``) the suite declares (see below).
+            Batches carry the image set's Poisson bootstrap
+            (``batch.bootstrap``, ``batch.image_weights``) when intervals are on.
 
     Returns:
         Nothing; the return value is ignored.
@@ -198,7 +205,8 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
 
     **Metrics.** Each :class:`~sae_audit.results.MetricInfo` names one number
     in the suite's output: ``MetricInfo(key, label, higher_is_better, scope,
-    description, pct=False, digits=3, path=None, interval=None, floor=None)``.
+    description, pct=False, digits=3, path=None, interval=None, floor=None,
+    shift=None)``.
     ``key`` is the metric's name for ``--fail-on`` (letters, digits, ``_``;
     unique across the run: a coverage metric's name, or another suite's, is
     refused naming both plugins); ``higher_is_better`` is ``True``, ``False``
@@ -207,7 +215,10 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
     per ID/OOD pair, filed under the OOD set); ``path`` defaults to
     ``(key,)``; ``interval`` and ``floor`` are the paths of the value's 95%
     interval and (pair metrics) of the ID-vs-ID noise floor's interval,
-    ``[low, high]`` lists in the same dict, when the suite computes them.
+    ``[low, high]`` lists in the same dict, when the suite computes them
+    (the built-ins keep them under ``intervals`` and ``floor``);
+    ``shift`` (pair metrics) is the direction in which a pair counts as
+    shifted beyond the floor: ``1`` above it, ``-1`` below, ``0`` either way.
     Declared metrics join the results' ``metrics`` table (with ``suite``,
     ``path`` and ``plugin``), ``--fail-on`` (``entropy_gap[digits]>0.5``; the
     suite must run), ``sae-audit report diff``, the verdict in the report's
@@ -216,7 +227,9 @@ def sae_audit_register_suites(register: Callable[..., None]) -> None:
     Built-in: ``coverage`` (always run), ``monosemanticity`` (metric
     ``ms_mean``), ``purity`` (``purity_mean``), ``probing``,
     ``k-robustness``, ``ood-detection`` (``auroc_fvu``, ``auroc_l0``,
-    ``auroc_effective_units``, ``auroc_rarity``), ``pictures``.
+    ``auroc_effective_units``, ``auroc_rarity``), ``fidelity`` (``fidelity``,
+    ``fidelity_gap``, ``fidelity_kl_gap``, ``auroc_output_distance``),
+    ``pictures``.
     """
 
 
@@ -341,7 +354,8 @@ def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_
             :class:`sae_audit.audit.AuditSettings`), ``suites`` (the
             :class:`sae_audit.suites.SuiteInfo` s to run besides coverage),
             ``judge`` (the model giving judge embeddings, or ``None``: the
-            audited model) and ``progress`` (show a progress bar).
+            audited model), ``progress`` (show a progress bar) and ``ablation``
+            (per SAE, the ID mean the fidelity suite ablates with, or ``None``).
         image_set: the :class:`sae_audit.data.ImageSet` to read.
         role: ``"id"`` or ``"ood"``.
 
@@ -350,8 +364,10 @@ def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_
         accumulator per SAE, in order), ``suites`` (one ``{suite name:
         accumulator}`` dict per SAE, in order) and ``description`` (the
         JSON-ready description of the set as read: ``name``, ``n_images``,
-        ``n_skipped``, ...). A wrapper receives it from ``yield`` and returns it,
-        or a changed copy (``dataclasses.replace``).
+        ``n_skipped``, ...), and for the ID set ``floor`` (per SAE, the pair
+        metrics between two halves of the set, or ``{"unavailable": reason}``;
+        ``None`` leaves every noise floor unavailable). A wrapper receives it
+        from ``yield`` and returns it, or a changed copy (``dataclasses.replace``).
     """
 
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 from sae_audit.plugin_manager import BUILTIN
 from sae_audit.report.view import fmt
 from sae_audit.results.metric_info import MetricInfo, document_metrics, is_number, metric_intervals, metric_items
+from sae_audit.results.shift import is_shifted
 
 
-def shifted(interval, floor, higher_is_better: bool | None) -> bool:
-    """Whether ``interval`` lies beyond ``floor`` (both ``[low, high]``) in the metric's bad direction (SPEC 5)."""
-    if interval is None or floor is None or higher_is_better is None:
-        return False
-    return interval[1] < floor[0] if higher_is_better else interval[0] > floor[1]
+def shifted(interval, floor, info: MetricInfo) -> bool:
+    """Whether ``interval`` lies beyond ``floor`` (both ``[low, high]``) in the metric's bad direction (SPEC 5):
+    :func:`sae_audit.results.shift.is_shifted` with the metric's ``shift``, or its direction when it has none."""
+    direction = info.shift if info.shift is not None else (
+        None if info.higher_is_better is None else (-1 if info.higher_is_better else 1))
+    return bool(is_shifted(interval, floor, direction))
 
 
 def _value(sae: dict, info: MetricInfo, name: str):
@@ -36,7 +38,7 @@ def _shown(sae: dict, info: MetricInfo, name: str) -> str:
         text += f" [{fmt(interval[0], info.digits, info.pct)}, {fmt(interval[1], info.digits, info.pct)}]"
     if v is not None and floor is not None:
         text += (f", ID-vs-ID floor [{fmt(floor[0], info.digits, info.pct)}, {fmt(floor[1], info.digits, info.pct)}]"
-                 + (", shifted beyond the floor" if shifted(interval, floor, info.higher_is_better) else ""))
+                 + (", shifted beyond the floor" if shifted(interval, floor, info) else ""))
     return text
 
 
@@ -49,8 +51,12 @@ def _best(saes: list[dict], info: MetricInfo, name: str) -> str | None:
 
 
 def suite_metric_verdict(results: dict) -> list[str]:
-    """One plain sentence per suite metric with a direction (none when no such suite ran)."""
-    metrics = [m for m in document_metrics(results).values() if m.suite and m.higher_is_better is not None]
+    """One plain sentence per suite metric with a direction (none when no such suite ran).
+
+    Pair metrics with a shift rule are left out: the verdict's shift sentences and table already say them.
+    """
+    metrics = [m for m in document_metrics(results).values()
+               if m.suite and m.higher_is_better is not None and not (m.scope == "pair" and m.shift is not None)]
     if not metrics:
         return []
     id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")

@@ -1,6 +1,6 @@
 """The results document (``results.json``): building, writing atomically, reading.
 
-Top level (schema version 1)::
+Top level (schema version 2)::
 
     schema_version   int
     tool             {name, version, git_revision}
@@ -14,13 +14,28 @@ Top level (schema version 1)::
     datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes,
                        content_hash, content_hash_of}]
     saes             [{spec, label, hook_point, weights_sha256, config, datasets: {name: metrics},
-                       pairs: [...]}]
+                       pairs: [...], noise_floor, suites: {name: {datasets, pairs, noise_floor}}}]
     plugins          [{name, distribution, version}]: the plugins that took part (built-in first;
                      see sae_audit.audit.contributors); provenance.plugins lists every installed one
     extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
-The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v1.json``
-(:func:`schema`). Every renderer reads this document alone.
+Intervals, noise floor, shift (version 2; SPEC section 5). Every metrics dict
+(a set's, a pair's, a suite's) holds its point values where version 1 had them
+and, beside them, ``intervals: {metric: [low, high]}``: the 95% Poisson-bootstrap
+interval (the interval has the value's shape with each number replaced by
+``[low, high]``; ``null`` or a missing key: unavailable). Every pair holds
+``shifted: {metric: true | false | null}`` (:mod:`sae_audit.results.shift`) and,
+when there is a floor, ``floor: {metric: [low, high]}``, the floor's interval; every
+SAE holds ``noise_floor``, the pair metrics between two halves of the ID set
+(``{"id", "n_images": [A, B], metric: value, ..., "intervals"}``) or
+``{"unavailable": reason}``, and each suite with pairs its own ``noise_floor``.
+``settings.bootstrap`` is the number of replicates (0: intervals off).
+A version-1 file is upgraded with ``upgraded_from: 1`` and every floor marked
+unavailable, so it renders with intervals shown as unavailable.
+
+The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v2.json``
+(:func:`schema`; ``results-v1.json`` for the previous version). Every renderer
+reads this document alone.
 """
 
 from __future__ import annotations
@@ -33,7 +48,7 @@ from pathlib import Path
 
 from sae_audit.errors import SaeAuditError
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
 
 
 def git_revision() -> str | None:
@@ -252,9 +267,25 @@ def validate_results(data: dict, where: str = "results") -> None:
             raise SaeAuditError(f"{where}: $.saes[{i}].pairs has no ID/OOD comparison for {lacking}")
 
 
+def _upgrade_1_to_2(doc: dict) -> dict:
+    """Version 1 had no intervals, floors or shift flags: mark them unavailable (nothing is invented)."""
+    doc = dict(doc, schema_version=2)
+    doc.setdefault("upgraded_from", 1)
+    why = ("written by an sae-audit without intervals or a noise floor (results schema 1); re-run the audit for "
+           "them")
+    saes = []
+    for s in doc.get("saes") or []:
+        if isinstance(s, dict):
+            s = dict(s)
+            s.setdefault("noise_floor", {"unavailable": why})
+        saes.append(s)
+    if isinstance(doc.get("saes"), list):
+        doc["saes"] = saes
+    return doc
+
+
 # Upgraders from an older schema version to the next one: {old_version: fn(doc) -> doc}.
-# Version 1 is the first; a future version 2 adds an entry for 1 here.
-UPGRADERS: dict[int, object] = {}
+UPGRADERS: dict[int, object] = {1: _upgrade_1_to_2}
 
 
 def upgrade_results(data: dict, where: str = "results") -> dict:

@@ -22,7 +22,7 @@ Two kinds of metric:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 #: A metric name: what ``--fail-on`` takes (no dots, no brackets: the condition grammar uses them).
 METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -53,6 +53,10 @@ class MetricInfo:
         floor: for a pair metric, the keys leading to the noise floor's 95%
             interval ``[low, high]`` (the metric between two halves of the ID set).
         plugin: the plugin that registered the suite (set by the host).
+        shift: for pair metrics, the direction in which a pair is *shifted* beyond
+            the noise floor (SPEC section 5): ``1`` its interval lies above the
+            floor's, ``-1`` below it, ``0`` either way (an AUROC moves away from
+            chance in both directions), ``None`` no shift rule.
     """
 
     key: str
@@ -68,6 +72,7 @@ class MetricInfo:
     interval: tuple[str, ...] | None = None
     floor: tuple[str, ...] | None = None
     plugin: str | None = None
+    shift: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("path", "interval", "floor"):
@@ -87,7 +92,9 @@ class MetricInfo:
         out = {k: d[k] for k in ("label", "higher_is_better", "scope", "description")}
         if self.suite is not None:
             out.update(suite=self.suite, path=list(self.where), plugin=self.plugin, pct=self.pct, digits=self.digits)
-            out.update({k: list(getattr(self, k)) for k in ("interval", "floor") if getattr(self, k)})
+        if self.shift is not None:
+            out["shift"] = self.shift
+        out.update({k: list(getattr(self, k)) for k in ("interval", "floor") if getattr(self, k)})
         return out
 
 
@@ -114,6 +121,10 @@ def check_metric(info) -> MetricInfo:
                              f"got {keys!r}")
     if info.floor is not None and info.scope != "pair":
         raise ValueError(f"metric {info.key!r}: only a pair metric has a noise floor")
+    if info.shift not in (None, -1, 0, 1):
+        raise ValueError(f"metric {info.key!r}: shift must be 1, -1, 0 or None, got {info.shift!r}")
+    if info.shift is not None and info.scope != "pair":
+        raise ValueError(f"metric {info.key!r}: only a pair metric is shifted beyond the noise floor")
     return info
 
 
@@ -142,19 +153,29 @@ for _m in [
     MetricInfo("l0_mean", "L0 (mean)", None, "dataset", "mean number of non-zero latents per input", digits=2),
     MetricInfo("effective_units_mean", "effective units (mean)", None, "dataset",
                "mean (||z||₁/||z||₂)² per input", digits=2),
-    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read"),
-    MetricInfo("n_nonfinite", "non-finite inputs dropped", False, "dataset", "inputs with NaN or inf, skipped"),
+    MetricInfo("n_inputs", "inputs (tokens)", None, "dataset", "inputs the SAE read", interval=()),
+    MetricInfo("n_nonfinite", "non-finite inputs dropped", False, "dataset", "inputs with NaN or inf, skipped",
+               interval=()),
     MetricInfo("fvu_gap", "FVU gap (OOD − ID)", False, "pair",
-               "FVU on the OOD set minus FVU on the ID set: OOD variance the dictionary fails to cover"),
+               "FVU on the OOD set minus FVU on the ID set: OOD variance the dictionary fails to cover", shift=1),
     MetricInfo("shared_alive", "shared alive (of ID alive)", True, "pair",
-               "|alive_ID ∩ alive_OOD| / |alive_ID|", pct=True),
-    MetricInfo("n_ood_only", "OOD-only latents", None, "pair", "latents alive on OOD and dead on ID"),
-    MetricInfo("n_id_only", "ID-only latents", None, "pair", "latents alive on ID and dead on OOD"),
+               "|alive_ID ∩ alive_OOD| / |alive_ID|", pct=True, shift=-1),
+    MetricInfo("n_ood_only", "OOD-only latents", None, "pair", "latents alive on OOD and dead on ID", digits=1,
+               shift=1),
+    MetricInfo("n_id_only", "ID-only latents", None, "pair", "latents alive on ID and dead on OOD", digits=1,
+               shift=1),
     MetricInfo("js_divergence", "JS divergence of frequencies (bits)", False, "pair",
-               "Jensen-Shannon divergence (base 2) of the normalised frequency profiles"),
+               "Jensen-Shannon divergence (base 2) of the normalised frequency profiles", shift=1),
     MetricInfo("spearman", "Spearman ρ of frequencies", True, "pair",
-               "rank correlation of the ID and OOD frequency profiles"),
+               "rank correlation of the ID and OOD frequency profiles", shift=-1),
 ]:
+    # Where the interval and the floor are: beside the value, in one shape for every metric (SPEC section 5).
+    if _m.interval is None:
+        _m = replace(_m, interval=("intervals", _m.key))
+    elif not _m.interval:  # a descriptive count: no interval
+        _m = replace(_m, interval=None)
+    if _m.scope == "pair" and _m.shift is not None:
+        _m = replace(_m, floor=("floor", _m.key))
     register_metric(_m)
 
 
@@ -181,7 +202,7 @@ def metric_from_json(key: str, entry: dict) -> MetricInfo:
     return MetricInfo(key, str(entry.get("label") or key), entry.get("higher_is_better"),
                       entry.get("scope", "dataset"), str(entry.get("description") or ""),
                       pct=bool(entry.get("pct", False)), digits=int(entry.get("digits", 3)),
-                      suite=entry.get("suite"), plugin=entry.get("plugin"), **keys)
+                      suite=entry.get("suite"), plugin=entry.get("plugin"), shift=entry.get("shift"), **keys)
 
 
 def document_metrics(results: dict) -> dict[str, MetricInfo]:

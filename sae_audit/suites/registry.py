@@ -28,12 +28,16 @@ class SuiteContext:
         judge_name: the model whose pooled output gives judge embeddings.
         judge_width: ``d_e``, the width of those embeddings (``None`` when no judge runs).
         seed: the audit's seed.
+        image_set: the name of the image set the accumulator will see.
+        bootstrap: the number of bootstrap replicates (0: off); the batches carry the weights.
     """
 
     sae: Any
     judge_name: str = ""
     judge_width: int | None = None
     seed: int = 0
+    image_set: str = ""
+    bootstrap: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,10 @@ class SuiteInfo:
             after both accumulators finished streaming.
         needs_labels: the suite is skipped (or an error under strict mode) on an unlabelled set.
         needs_embeddings: batches must carry judge embeddings.
+        needs_outputs: batches must carry the model's outputs with the SAE spliced in
+            (:class:`~sae_audit.models.splice.SpliceOutputs`; the fidelity suite).
+        floor: ``compare`` is also run on two halves of the ID set (the noise floor,
+            SPEC section 5); default: whenever there is a ``compare``.
         plugin: the plugin that registered it.
         metrics: the metrics the suite declared (:class:`~sae_audit.results.MetricInfo`
             with ``suite`` and ``plugin`` filled in): they join the results' ``metrics``
@@ -74,14 +82,16 @@ class SuiteInfo:
     compare: Callable[[Any, Any, PairContext], dict] | None = None
     needs_labels: bool = False
     needs_embeddings: bool = False
+    needs_outputs: bool = False
+    floor: bool = False
     plugin: str = ""
     metrics: tuple[MetricInfo, ...] = ()
 
 
 def _accept(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False,
-            metrics=()) -> tuple:
+            needs_outputs=False, floor=None, metrics=()) -> tuple:
     """``register(name, factory, description, compare=None, needs_labels=False, needs_embeddings=False,
-    metrics=())`` (see the hook's documentation)."""
+    needs_outputs=False, floor=None, metrics=())`` (see the hook's documentation)."""
     if name in ("all",):
         raise RegistrationError("a suite cannot be named 'all' (it selects every suite)")
     if not callable(factory):
@@ -107,7 +117,9 @@ def _accept(name, factory, description, compare=None, needs_labels=False, needs_
         if any(d.key == m.key for d in declared):
             raise RegistrationError(f"suite {name!r} declares metric {m.key!r} twice")
         declared.append(replace(m, suite=name))
-    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings), tuple(declared)), description, ()
+    floor = compare is not None if floor is None else bool(floor) and compare is not None
+    return name, (factory, compare, bool(needs_labels), bool(needs_embeddings), bool(needs_outputs), floor,
+                  tuple(declared)), description, ()
 
 
 def suite_registrations() -> list[Registration]:
@@ -120,9 +132,9 @@ def suite_registrations() -> list[Registration]:
 
 
 def _info(r: Registration) -> SuiteInfo:
-    factory, compare, needs_labels, needs_embeddings, metrics = r.value
-    return SuiteInfo(r.name, r.description, factory, compare, needs_labels, needs_embeddings, plugin=r.plugin,
-                     metrics=tuple(replace(m, plugin=r.plugin) for m in metrics))
+    factory, compare, needs_labels, needs_embeddings, needs_outputs, floor, metrics = r.value
+    return SuiteInfo(r.name, r.description, factory, compare, needs_labels, needs_embeddings, needs_outputs, floor,
+                     plugin=r.plugin, metrics=tuple(replace(m, plugin=r.plugin) for m in metrics))
 
 
 def available_suites() -> dict[str, SuiteInfo]:

@@ -198,8 +198,12 @@ def test_metric_values_are_found_where_the_table_says(tiny_sae_dir):
     assert metric_intervals(doc["saes"][0], info, "b") == ([0.2, 0.3], [0.0, 0.1])
     from sae_audit.report.metric_verdict import shifted
 
-    assert shifted([0.2, 0.3], [0.0, 0.1], True) is False and shifted([0.2, 0.3], [0.0, 0.1], False) is True
-    assert shifted([0.05, 0.3], [0.0, 0.1], False) is False and shifted(None, [0.0, 0.1], False) is False
+    from dataclasses import replace
+
+    up, down = info, replace(info, higher_is_better=False)
+    assert shifted([0.2, 0.3], [0.0, 0.1], up) is False and shifted([0.2, 0.3], [0.0, 0.1], down) is True
+    assert shifted([0.05, 0.3], [0.0, 0.1], down) is False and shifted(None, [0.0, 0.1], down) is False
+    assert shifted([0.2, 0.3], [0.0, 0.1], replace(info, shift=0)) is True  # a declared shift rule wins
 
 
 def test_the_cli_restores_logging_after_each_call(sae_audit_plugins, tiny_image_folder):
