@@ -52,11 +52,30 @@ class LatentGroups:
     def of(cls, indices: torch.Tensor, d_sae: int) -> "LatentGroups":
         """Group ``indices [B, k]`` (int64, values in ``[0, d_sae)``)."""
         flat = indices.reshape(-1)
-        order = torch.sort(flat, stable=True).indices
+        order = _stable_argsort(flat, d_sae)
         counts = torch.bincount(flat, minlength=d_sae)
         offsets = counts.cumsum(0) - counts
         rows = torch.div(order, indices.shape[1], rounding_mode="floor")
         return cls(order, rows, offsets)
+
+
+def _stable_argsort(keys: torch.Tensor, n_keys: int) -> torch.Tensor:
+    """Stable argsort of int64 ``keys`` in ``[0, n_keys)``: ``[N]`` int64, on ``keys``' device.
+
+    On the CPU, NumPy's radix sort on 16-bit digits (one pass, or two for more than
+    65,536 keys): torch's CPU sort took 0.3 s for 131,072 keys on a busy 2-core
+    machine where this takes under 1 ms. Elsewhere ``torch.sort(stable=True)``.
+    """
+    if keys.device.type != "cpu":
+        return torch.sort(keys, stable=True).indices
+    import numpy as np
+
+    k = keys.numpy()
+    if n_keys <= 1 << 16:
+        return torch.from_numpy(np.argsort(k.astype(np.uint16), kind="stable"))
+    order = np.argsort((k & 0xFFFF).astype(np.uint16), kind="stable")
+    order = order[np.argsort((k[order] >> 16).astype(np.uint16), kind="stable")]
+    return torch.from_numpy(order)
 
 
 def sparse_t_dense(groups: LatentGroups, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:

@@ -204,7 +204,7 @@ class TopKObjective:
         W = self.sae.W_dec
         if W.grad is None:
             return
-        W.grad -= (W.grad * W).sum(dim=1, keepdim=True) * W
+        W.grad.addcmul_(torch.linalg.vecdot(W.grad, W, dim=1).unsqueeze(1), W, value=-1.0)
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:
