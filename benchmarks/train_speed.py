@@ -172,6 +172,34 @@ def bf16_accuracy(d_in: int, d_sae: int, k: int, steps: int) -> dict:
             "alive_float32": int((fa > 0).sum()), "alive_bf16": int((fb > 0).sum())}
 
 
+def sweep_encoder(d_in: int, d_sae: int, n: int, batch: int, rounds: int) -> dict:
+    """Does one encoder matmul for a sweep of ``n`` SAEs beat ``n`` of them? (pre-activations only)
+
+    ``loop``: ``n`` addmm of ``[B, d_in] @ [d_in, d_sae]`` (each with its own ``b_dec``
+    subtracted, as the trainer does); ``concatenated``: one addmm against the ``n``
+    encoders side by side (``b_dec @ W_enc`` folded into the bias, as a fused sweep
+    would have to); ``batched``: one baddbmm over the stacked inputs.
+    """
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, d_in, generator=g)
+    W = [torch.randn(d_in, d_sae, generator=g) for _ in range(n)]
+    b = [torch.randn(d_sae, generator=g) for _ in range(n)]
+    bd = [torch.randn(d_in, generator=g) for _ in range(n)]
+    W_cat, W_stack = torch.cat(W, 1), torch.stack(W)
+    bias_cat = torch.cat([bi - bdi @ Wi for Wi, bi, bdi in zip(W, b, bd)])
+    b_stack = torch.stack(b)[:, None, :]
+    fns = {"loop": lambda: [torch.addmm(bi, x - bdi, Wi) for Wi, bi, bdi in zip(W, b, bd)],
+           "concatenated": lambda: torch.addmm(bias_cat, x, W_cat),
+           "batched": lambda: torch.baddbmm(b_stack, torch.stack([x - bdi for bdi in bd]), W_stack)}
+    for f in fns.values():
+        f()
+    times = interleaved(fns, rounds=rounds, repeat=2)
+    med = {k: median(v) for k, v in times.items()}
+    return {"n_saes": n, "d_in": d_in, "d_sae": d_sae, "batch": batch,
+            "ms": {k: round(v * 1000, 1) for k, v in med.items()},
+            "speedup_vs_loop": {k: round(med["loop"] / v, 2) for k, v in med.items()}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="d_in 384, expansion 8 only, 3 rounds")
@@ -239,6 +267,11 @@ def main(argv=None) -> int:
                             "speed-up vs best peer", "load"], rows,
                            title=f"Training step, batch {args.batch}, k {args.k}, float32 Adam "
                                  f"(medians of {rounds} interleaved rounds)")]
+    sweep = sweep_encoder(384, 384 * 8, 4, args.batch, rounds)
+    doc["sweep_encoder"] = sweep
+    doc["tables"].append(table(["n SAEs", *[f"{k} ms" for k in sweep["ms"]], "best vs loop"],
+                               [[sweep["n_saes"], *sweep["ms"].values(), max(sweep["speedup_vs_loop"].values())]],
+                               title="Encoder matmul of a sweep: one per SAE or fused (d_in 384, d_sae 3072)"))
     acc = bf16_accuracy(384, 384 * 8, args.k, steps=150 if args.quick else 400)
     doc["bf16_accuracy"] = acc
     doc["tables"].append(table(list(acc), [list(acc.values())],
