@@ -27,9 +27,12 @@ class TrainConfig:
     """Optimisation settings shared by every SAE in one training run (``TrainRequest.optim``).
 
     ``precision``: ``float32``; ``bf16`` runs the SAE forward under
-    ``torch.autocast(dtype=torch.bfloat16)`` (parameters, optimiser state and the
-    decoder renormalisation stay float32); ``auto`` picks ``bf16`` on a CUDA
-    device that supports it and ``float32`` elsewhere.
+    ``torch.autocast(dtype=torch.bfloat16)``: the encoder matmul that *selects* the
+    k latents runs in bf16, the selected pre-activations are recomputed in float32
+    (with the regularisers on, they read the bf16 matrix), and parameters, optimiser
+    state, decoder and renormalisation stay float32; ``auto`` picks ``bf16`` on a
+    CUDA device that supports it and ``float32`` elsewhere (on a CPU with bf16
+    instructions ``benchmarks/train_speed.py`` measured no gain at these sizes).
 
     Raises:
         SaeAuditError: a field out of range (the message names it as ``optim.<field>``).
