@@ -18,8 +18,10 @@ optimiser step as its own trainer does it:
   faster one counts.
 
 No latent is dead within a benchmark's few steps, so AuxK costs nothing in any
-of them. Steps are timed alternately (see ``_common.interleaved``) and the
-medians compared: ``train_speedup_vs_best_peer`` is sae-audit's plain step
+of them. The **floor** is what any Top-k step must do, the dense encoder
+matmul and the top-k alone: ``floor / best peer`` bounds the speed-up any
+implementation of the same float32 step could reach. Steps are timed
+alternately (see ``_common.interleaved``) and the medians compared: ``train_speedup_vs_best_peer`` is sae-audit's plain step
 against the faster peer, per configuration. Needs the benchmark environment
 (``benchmarks/setup_peers.sh``); without the peers only sae-audit is timed.
 
@@ -75,6 +77,15 @@ def ours(d_in: int, d_sae: int, k: int, x: torch.Tensor, regularised: bool = Fal
                       sample_seed=0)
     data = Batches(x, x.shape[0] // 4)
     return lambda: run.step(data.next(), LR, bf16)
+
+
+def floor_step(d_in: int, d_sae: int, k: int, x: torch.Tensor):
+    """What every Top-k step must do at least: the dense encoder matmul (float32, bias included) and the top-k."""
+    g = torch.Generator().manual_seed(0)
+    W, b = torch.randn(d_in, d_sae, generator=g), torch.zeros(d_sae)
+    out = torch.empty(x.shape[0] // 4, d_sae)
+    data = Batches(x, x.shape[0] // 4)
+    return lambda: torch.addmm(b, data.next(), W, out=out).topk(k, dim=1, sorted=False)
 
 
 def sparsify_step(d_in: int, d_sae: int, k: int, x: torch.Tensor):
@@ -221,6 +232,7 @@ def main(argv=None) -> int:
         fns = {"sae-audit": ours(d_in, d_sae, args.k, x),
                "sae-audit (regularised)": ours(d_in, d_sae, args.k, x, regularised=True),
                "sae-audit (bf16)": ours(d_in, d_sae, args.k, x, bf16=True)}
+        fns["floor: encoder matmul + topk"] = floor_step(d_in, d_sae, args.k, x)
         if have["sparsify"]:
             fns["sparsify"] = sparsify_step(d_in, d_sae, args.k, x)
         if have["sae_lens"]:
@@ -241,7 +253,8 @@ def main(argv=None) -> int:
         times = interleaved(fns, rounds=rounds if not big else max(3, rounds - 2), repeat=1 if big else 2)
         med = {n: median(t) for n, t in times.items()}
         vps = {n: args.batch / t for n, t in med.items()}
-        peer = {n: v for n, v in vps.items() if not n.startswith("sae-audit")}
+        peer = {n: v for n, v in vps.items() if not n.startswith(("sae-audit", "floor"))}
+        floor = vps["floor: encoder matmul + topk"]
         saelens = max((v for n, v in peer.items() if n.startswith("SAELens")), default=None)
         best_name = max(peer, key=peer.get) if peer else None
         entry = {"d_in": d_in, "expansion": exp, "d_sae": d_sae, "load_before": before, "load_after": load(),
@@ -251,20 +264,27 @@ def main(argv=None) -> int:
                  "train_speedup_vs_best_peer": round(vps["sae-audit"] / peer[best_name], 2) if peer else None,
                  "regularised_speedup_vs_best_peer": round(vps["sae-audit (regularised)"] / peer[best_name], 2)
                  if peer else None,
+                 "floor_vectors_per_second": round(floor, 1),
+                 "share_of_our_step_at_floor": round(vps["sae-audit"] / floor, 2),
+                 "speedup_bound_vs_best_peer": round(floor / peer[best_name], 2) if peer else None,
                  "regularised_vs_plain": round(vps["sae-audit (regularised)"] / vps["sae-audit"], 2),
                  "bf16_vs_float32": round(vps["sae-audit (bf16)"] / vps["sae-audit"], 2)}
         doc["configs"].append(entry)
         rows.append([d_in, d_sae, round(vps["sae-audit"]), round(vps["sae-audit (regularised)"]),
                      round(vps["sae-audit (bf16)"]), round(vps["sparsify"]) if "sparsify" in vps else "-",
                      round(saelens) if saelens else "-",
-                     entry["train_speedup_vs_best_peer"] if peer else "-", f"{before[0]:.1f}"])
+                     entry["train_speedup_vs_best_peer"] if peer else "-", round(floor),
+                     entry["speedup_bound_vs_best_peer"] if peer else "-", f"{before[0]:.1f}"])
         del fns
         gc.collect()
     doc["load_after"] = load()
+    doc["train_speedup_vs_best_peer_by_config"] = {f"{c['d_in']}x{c['expansion']}": c["train_speedup_vs_best_peer"]
+                                                   for c in doc["configs"]}
+    # The headline is the smallest ratio over the configurations (the issue's target holds for all of them).
     doc["train_speedup_vs_best_peer"] = min((c["train_speedup_vs_best_peer"] for c in doc["configs"]
                                              if c["train_speedup_vs_best_peer"] is not None), default=None)
     doc["tables"] = [table(["d_in", "d_sae", "sae-audit vec/s", "regularised", "bf16", "sparsify", "SAELens",
-                            "speed-up vs best peer", "load"], rows,
+                            "speed-up vs best peer", "floor vec/s", "bound vs best peer", "load"], rows,
                            title=f"Training step, batch {args.batch}, k {args.k}, float32 Adam "
                                  f"(medians of {rounds} interleaved rounds)")]
     sweep = sweep_encoder(384, 384 * 8, 4, args.batch, rounds)
