@@ -109,6 +109,11 @@ class TopKObjective:
           :func:`~sae_audit.sae.losses.l1_l2_ratio` on the batch-active latents,
           computed only when their lambda is > 0.
 
+        The value is the dense formulation's; the gradients are computed sparsely
+        (:mod:`sae_audit.sae.kernels`): the decoder gathers the ``k`` selected rows and,
+        without the regularisers, only the selected pre-activations carry gradient
+        (``tests/train/test_fast_paths.py`` checks them against the dense gradients to 1e-5).
+
         Args:
             x_norm: ``[B, d_in]`` float32 inputs, already normalised
                 (:meth:`SAE.normalise_input <sae_audit.sae.base.SAE.normalise_input>`).
