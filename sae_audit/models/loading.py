@@ -85,6 +85,8 @@ class VisionModel:
             raise SaeAuditError("preprocess got no images")
         images = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
         pv = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        if self.device.type == "cuda":  # page-locked, so the copy runs beside the GPU's work
+            return pv.pin_memory().to(device=self.device, dtype=self.dtype, non_blocking=True)
         return pv.to(device=self.device, dtype=self.dtype)
 
     def check_hook_point(self, hook_point: HookPoint, context: str = "") -> None:
