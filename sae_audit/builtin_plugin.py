@@ -55,17 +55,28 @@ def sae_audit_register_image_sets(register):
 
 @hookimpl
 def sae_audit_register_suites(register):
-    from sae_audit.suites import coverage, k_robustness, monosemanticity, ood, pictures, probing, purity
+    from sae_audit.results.metric_info import MetricInfo
+    from sae_audit.suites import coverage, fidelity, k_robustness, monosemanticity, ood, pictures, probing, purity
+
+    def M(key, label, better, scope, description, shift=None, **kw):  # noqa: N802 - a MetricInfo with its intervals
+        """A suite metric whose interval (and, for a shifted pair metric, noise floor) sit beside the value."""
+        floor = ("floor", key) if scope == "pair" and shift is not None else None
+        return MetricInfo(key, label, better, scope, description, interval=("intervals", key), floor=floor,
+                          shift=shift, **kw)
 
     # Coverage always runs (the audit builds it itself); it is registered so
-    # that listings and name conflicts see it.
+    # that listings and name conflicts see it. Its metrics are the results' own (results/metric_info.py).
     register("coverage", lambda c: coverage.CoverageAccumulator(c.sae.d_sae, c.sae.d_in, c.sae.k),
              "firing frequencies, alive/dead/dense latents, L0, effective units and reconstruction, ID vs OOD")
     register("monosemanticity",
              lambda c: monosemanticity.MonosemanticityAccumulator(c.sae.d_sae, c.judge_width, c.judge_name),
-             "monosemanticity score per latent against judge embeddings (Pach et al. 2025)", needs_embeddings=True)
-    register("purity", lambda c: purity.PurityAccumulator(c.sae.d_sae),
-             "share of each latent's top-16 images in its most common class (labelled sets)", needs_labels=True)
+             "monosemanticity score per latent against judge embeddings (Pach et al. 2025)", needs_embeddings=True,
+             metrics=[M("ms_mean", "monosemanticity (mean MS over alive latents)", True, "dataset",
+                        "mean monosemanticity score of the latents that fire (Pach et al. 2025)")])
+    register("purity", lambda c: purity.PurityAccumulator(c.sae.d_sae, replicates=c.bootstrap > 0),
+             "share of each latent's top-16 images in its most common class (labelled sets)", needs_labels=True,
+             metrics=[M("purity_mean", "class purity (mean over alive latents)", True, "dataset",
+                        "mean share of a latent's top images in its most common class", pct=True)])
     register("probing", lambda c: probing.ProbingAccumulator(c.sae.d_sae, c.sae.k, seed=c.seed),
              "held-out accuracy of a logistic regression on each image's top-m latents, m in 1,2,4,8,k",
              needs_labels=True)
@@ -73,10 +84,29 @@ def sae_audit_register_suites(register):
              "FVU and L0 with the inference budget swapped to k/4, k/2, k, 2k, 4k")
     register("ood-detection", lambda c: ood.OODAccumulator(c.sae.d_sae, c.sae.d_in),
              "AUROC of per-image FVU, L0, effective units and latent rarity for ID vs OOD",
-             compare=lambda a, b, ctx: ood.compare(a, b))
+             compare=lambda a, b, ctx: ood.compare(a, b),
+             metrics=[M(f"auroc_{s}", f"AUROC ID vs OOD by per-image {what}", None, "pair",
+                        f"how well per-image {what} tells OOD images from ID ones (0.5: chance)", shift=0)
+                      for s, what in (("fvu", "FVU"), ("l0", "L0"), ("effective_units", "effective units"),
+                                      ("rarity", "latent rarity, leave-one-out"))])
+    register("fidelity", lambda c: fidelity.FidelityAccumulator(),
+             "the model's output with the SAE's reconstruction spliced in vs mean ablation: fidelity score, "
+             "cosine, KL and top-1 agreement with a classification head",
+             compare=lambda a, b, ctx: fidelity.compare(a, b), needs_outputs=True,
+             metrics=[M("fidelity", "downstream fidelity", True, "dataset",
+                        "1 - E[d(y, y_sae)] / E[d(y, y_ablate)] with d = 1 - cos of the model's output"),
+                      M("fidelity_gap", "fidelity gap (ID − OOD)", False, "pair",
+                        "downstream fidelity on ID minus on OOD: what the dictionary fails to carry out of "
+                        "distribution", shift=1),
+                      M("fidelity_kl_gap", "fidelity gap, KL of logits (ID − OOD)", False, "pair",
+                        "the KL-based fidelity on ID minus on OOD (models with a classification head)", shift=1),
+                      M("auroc_output_distance", "AUROC ID vs OOD by output distance", None, "pair",
+                        "OOD detection by the per-image distance d(y, y_sae) of the spliced output (0.5: chance)",
+                        shift=0)])
     register("pictures", lambda c: pictures.PicturesAccumulator(c.sae.d_sae),
              "thumbnails of the top images of the most shifted and OOD-only latents",
-             compare=lambda a, b, ctx: pictures.compare(a, b, ctx.coverage or {}, ctx.id_set, ctx.ood_set))
+             compare=lambda a, b, ctx: pictures.compare(a, b, ctx.coverage or {}, ctx.id_set, ctx.ood_set),
+             floor=False)
 
 
 def _plugins_section(results: dict):
@@ -121,4 +151,4 @@ def sae_audit_card_metadata(config):
 def sae_audit_audit_image_set(run, image_set, role):
     from sae_audit.audit import audit_image_set
 
-    return audit_image_set(run, image_set)
+    return audit_image_set(run, image_set, role)

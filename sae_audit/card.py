@@ -85,36 +85,40 @@ def _split_name(name: str) -> tuple[str, str]:
     return base, split or "full"
 
 
+def card_metrics(results: dict) -> list:
+    """The metrics written into ``model-index``: :data:`CARD_METRICS`, then every suite metric of the document
+    that has a direction (a descriptive one, such as an input count, says nothing about the model)."""
+    from sae_audit.results.metric_info import METRICS, document_metrics
+
+    chosen = [METRICS[key] for _, key in CARD_METRICS]
+    return chosen + [m for m in document_metrics(results).values() if m.suite and m.higher_is_better is not None]
+
+
 def eval_results(results: dict, source_url: str):
     """``model-index`` entries (a list of :class:`huggingface_hub.EvalResult`) for an audit.
 
-    One entry per SAE, image set and metric of :data:`CARD_METRICS`; pair
+    One entry per SAE, image set and metric of :func:`card_metrics`; pair
     metrics are filed under the OOD set with the ID set in ``metric_config``.
     Missing (``None``) values are left out, never written as ``null``.
     """
     from huggingface_hub import EvalResult
 
-    from sae_audit.results.metric_info import METRICS
+    from sae_audit.results.metric_info import is_number, metric_items
 
     out = []
-    id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
+    roles = {d["name"]: d["role"].upper() for d in results["datasets"]}
     for s in results["saes"]:
         label = s["label"]
-        for scope, key in CARD_METRICS:
-            info = METRICS[key]
-            if scope == "dataset":
-                items = [(n, s["datasets"][n].get(key), f"{label}; {role}")
-                         for n, role in ((d["name"], d["role"].upper()) for d in results["datasets"])]
-            else:
-                items = [(p["ood"], p.get(key), f"{label}; ID {id_name} vs OOD {p['ood']}") for p in s["pairs"]]
-            for name, value, config in items:
-                if value is None:
+        for info in card_metrics(results):
+            for name, id_name, value in metric_items(s, info):
+                if not is_number(value) or name not in roles:
                     continue
+                config = f"{label}; {roles[name]}" if id_name is None else f"{label}; ID {id_name} vs OOD {name}"
                 base, split = _split_name(name)
                 out.append(EvalResult(
                     task_type=TASK_TYPE, task_name="SAE audit",
                     dataset_type=base, dataset_name=name, dataset_split=split,
-                    metric_type=f"sae-audit/{key}", metric_value=float(value),
+                    metric_type=f"sae-audit/{info.key}", metric_value=float(value),
                     metric_name=f"{info.label} [{label}]", metric_config=config,
                     source_name=SOURCE_NAME, source_url=source_url,
                 ))

@@ -123,28 +123,113 @@ def sae_audit_register_image_sets(register: Callable[..., None]) -> None:
 
 @hookspec
 def sae_audit_register_suites(register: Callable[..., None]) -> None:
-    """Register audit suites.
+    """Register audit suites: streaming accumulators run on every SAE and image set, with the metrics they declare.
 
     Called once per plugin, when the plugin manager registers the plugin (at
-    start-up); :func:`sae_audit.suites.registry.available_suites` lists them.
+    start-up); :func:`sae_audit.suites.registry.available_suites` lists them
+    and ``sae-audit run --suite NAME`` (or ``--suite all``) runs them.
 
     Args:
         register: ``register(name, factory, description, compare=None,
-            needs_labels=False, needs_embeddings=False)``: ``factory(context)``
-            takes a :class:`sae_audit.suites.SuiteContext` (the SAE, the judge,
-            the seed) and returns a new accumulator with the shape of
-            :class:`sae_audit.suites.base.Accumulator` (``accumulate(batch)``,
-            ``merge(other)``, ``finish() -> dict``), one per SAE and image set;
-            ``description`` is one line; ``compare(id_acc, ood_acc, pair_context)``
-            optionally returns a dict per ID/OOD pair; ``needs_labels`` skips the
-            suite on unlabelled sets; ``needs_embeddings`` makes the audit compute
-            judge embeddings for its batches.
+            needs_labels=False, needs_embeddings=False, needs_outputs=False,
+            floor=None, metrics=())``: ``name`` is what ``--suite`` takes;
+            ``factory(context)`` takes a :class:`sae_audit.suites.SuiteContext`
+            (``sae``, ``judge_name``, ``judge_width``, ``seed``, ``bootstrap``)
+            and returns a new accumulator, one per SAE and image set;
+            ``description`` is one line for ``sae-audit suites``;
+            ``compare(id_acc, ood_acc, pair_context)`` optionally returns a dict
+            per ID/OOD pair (``pair_context`` is a
+            :class:`sae_audit.suites.PairContext`: ``id_set``, ``ood_set``,
+            ``coverage``, the coverage suite's pair dict); ``needs_labels``
+            skips the suite on unlabelled sets; ``needs_embeddings`` makes the
+            audit compute judge embeddings for its batches; ``needs_outputs``
+            makes it run the model to its output with the SAE spliced in
+            (``batch.outputs``); ``floor`` (default: when there is a
+            ``compare``) also runs ``compare`` on two halves of the ID set, the
+            noise floor the pairs' ``shifted`` flags are judged against;
+            ``metrics`` is a list of :class:`sae_audit.results.MetricInfo` (also
+            ``sae_audit.suites.MetricInfo``) the suite declares (see below).
+            Batches carry the image set's Poisson bootstrap
+            (``batch.bootstrap``, ``batch.image_weights``) when intervals are on.
 
     Returns:
         Nothing; the return value is ignored.
 
-    Built-in: ``coverage`` (always run), ``monosemanticity``, ``purity``,
-    ``probing``, ``k-robustness``, ``ood-detection``, ``pictures``.
+    **The accumulator** (the shape of :class:`sae_audit.suites.base.Accumulator`):
+
+    - ``accumulate(batch)`` is called once per batch of an image set with a
+      :class:`sae_audit.suites.SuiteBatch`: ``x`` ``[N, d_in]`` float32
+      activations at the SAE's hook point (finite rows only, on the CPU);
+      ``codes``, the SAE's sparse codes of ``x`` (``codes.indices`` int64 and
+      ``codes.values`` float32, both ``[N, k]``); ``x_hat`` ``[N, d_in]``
+      float32, the reconstruction; ``image_index`` and ``labels`` ``[N]``
+      int64, the dataset index and class (-1: unlabelled) of each row's image;
+      ``n_nonfinite``, rows dropped for NaN/inf; ``images`` and
+      ``image_labels`` ``[B]`` int64, the batch's images; ``embeddings``
+      ``[B, d_e]`` float32 judge embeddings (``None`` unless a suite of the
+      run needs them); ``image_codes`` (computed once, shared), the batch
+      pooled per image (``max_acts`` ``[B, d_sae]``: each latent's maximum
+      over the image's tokens; ``n_tokens``; ``row``). ``N`` is tokens
+      (``B`` times the tokens per image of the SAE's token set); every token
+      of an image is in the same batch.
+    - **Selected but silent latents carry zero values**: a Top-k code has
+      exactly ``k`` entries per row, and an entry whose pre-activation was
+      not positive has ``values == 0`` (ReLU after selection). A latent
+      *fires* where its value is ``> 0``: count ``(codes.values > 0)``, never
+      the entries of ``codes.indices`` alone.
+    - ``merge(other)`` adds another accumulator of the same suite that saw a
+      disjoint part of the same image set (shards, processes). It must be
+      exact: accumulating A then B, or A and B separately then merging, gives
+      the same ``finish()`` (keep sums and counts, never running means of
+      means). Anything random (bootstrap weights, splits) is a function of
+      the image index and ``context.seed``, never of the batch.
+    - ``finish() -> dict`` reduces to what goes into ``results.json`` under
+      ``saes[i].suites[NAME].datasets[SET]``. It must be JSON-ready: ``None``,
+      ``bool``, ``int``, finite ``float``, ``str``, lists and dicts with
+      string keys; a missing value is ``None``, never NaN or infinity; no numpy
+      scalars and no tensors (``float(x)``, ``x.tolist()``). ``finish`` may
+      run more than once and must not change the accumulator: sae-audit calls
+      it (twice) after the first batch of each image set to check its output
+      before the long part of the audit, then once at the end.
+    - ``compare(id_acc, ood_acc, pair_context)`` runs once per SAE and ID/OOD
+      pair, after every image set has been streamed and finished, with the two
+      (finished, unchanged) accumulators; its dict, JSON-ready like
+      ``finish``'s, goes under ``saes[i].suites[NAME].pairs[j]`` next to
+      ``id`` and ``ood``. It does not run for a pair whose set the suite skipped.
+
+    A plugin suite that raises in any of these, or returns output that
+    cannot go into ``results.json``, stops the run with exit status 2 and one
+    line naming the plugin, the suite, the function and (for bad output) the
+    JSON path of the first bad value (``$.entropy is nan``), before the long
+    part of the audit when it shows on the first batch.
+
+    **Metrics.** Each :class:`~sae_audit.results.MetricInfo` names one number
+    in the suite's output: ``MetricInfo(key, label, higher_is_better, scope,
+    description, pct=False, digits=3, path=None, interval=None, floor=None,
+    shift=None)``.
+    ``key`` is the metric's name for ``--fail-on`` (letters, digits, ``_``;
+    unique across the run: a coverage metric's name, or another suite's, is
+    refused naming both plugins); ``higher_is_better`` is ``True``, ``False``
+    or ``None`` (descriptive); ``scope`` is ``"dataset"`` (the value is
+    ``finish()[path...]`` per image set) or ``"pair"`` (``compare()[path...]``
+    per ID/OOD pair, filed under the OOD set); ``path`` defaults to
+    ``(key,)``; ``interval`` and ``floor`` are the paths of the value's 95%
+    interval and (pair metrics) of the ID-vs-ID noise floor's interval,
+    ``[low, high]`` lists in the same dict, when the suite computes them
+    (the built-ins keep them under ``intervals`` and ``floor``);
+    ``shift`` (pair metrics) is the direction in which a pair counts as
+    shifted beyond the floor: ``1`` above it, ``-1`` below, ``0`` either way.
+    Declared metrics join the results' ``metrics`` table (with ``suite``,
+    ``path`` and ``plugin``), ``--fail-on`` (``entropy_gap[digits]>0.5``; the
+    suite must run), ``sae-audit report diff``, the verdict in the report's
+    summary and, when they have a direction, the model card's ``model-index``.
+
+    Built-in: ``coverage`` (always run), ``monosemanticity`` (metric
+    ``ms_mean``), ``purity`` (``purity_mean``), ``probing``,
+    ``k-robustness``, ``ood-detection`` (``auroc_fvu``, ``auroc_l0``,
+    ``auroc_effective_units``, ``auroc_rarity``), ``fidelity`` (``fidelity``,
+    ``fidelity_gap``, ``fidelity_kl_gap``, ``auroc_output_distance``),
+    ``pictures``.
     """
 
 
@@ -154,10 +239,12 @@ def sae_audit_register_report_sections(register: Callable[..., None]) -> None:
 
     Called once per plugin, when the plugin manager registers the plugin (at
     start-up). Every report written then calls each ``render``, in load
-    order; the sections are placed after the built-in sections (and the
-    suites' and "Shifted latents"), before "Method and provenance". Sections
-    render from the results document alone, so ``sae-audit report render``
-    includes them too.
+    order (the built-in "Plugins" section, registered through this hook too,
+    comes first); the sections are placed after the built-in content
+    (Summary, SAEs, ID vs OOD coverage, Reconstruction, "Audit suites",
+    "Latent pictures" and "Shifted latents") and before the last section,
+    "Method and provenance". Sections render from the results document
+    alone, so ``sae-audit report render`` includes them too.
 
     Args:
         register: ``register(name, render)``: ``render(results: dict)``
@@ -267,7 +354,8 @@ def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_
             :class:`sae_audit.audit.AuditSettings`), ``suites`` (the
             :class:`sae_audit.suites.SuiteInfo` s to run besides coverage),
             ``judge`` (the model giving judge embeddings, or ``None``: the
-            audited model) and ``progress`` (show a progress bar).
+            audited model), ``progress`` (show a progress bar) and ``ablation``
+            (per SAE, the ID mean the fidelity suite ablates with, or ``None``).
         image_set: the :class:`sae_audit.data.ImageSet` to read.
         role: ``"id"`` or ``"ood"``.
 
@@ -276,8 +364,10 @@ def sae_audit_audit_image_set(run: sae_audit.audit.AuditContext, image_set: sae_
         accumulator per SAE, in order), ``suites`` (one ``{suite name:
         accumulator}`` dict per SAE, in order) and ``description`` (the
         JSON-ready description of the set as read: ``name``, ``n_images``,
-        ``n_skipped``, ...). A wrapper receives it from ``yield`` and returns it,
-        or a changed copy (``dataclasses.replace``).
+        ``n_skipped``, ...), and for the ID set ``floor`` (per SAE, the pair
+        metrics between two halves of the set, or ``{"unavailable": reason}``;
+        ``None`` leaves every noise floor unavailable). A wrapper receives it
+        from ``yield`` and returns it, or a changed copy (``dataclasses.replace``).
     """
 
 

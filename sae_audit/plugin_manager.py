@@ -480,6 +480,11 @@ class PluginManager:
             args = {a: kwargs[a] for a in impl.argnames}
             yield impl.plugin_name, self.guarded(impl.plugin_name, f"hook {hook_name}", impl.function, **args)
 
+    def implementers(self, hook_name: str) -> list[str]:
+        """The plugins implementing hook ``hook_name`` (wrappers included), in load order."""
+        names = [impl.plugin_name for impl in getattr(self.pm.hook, hook_name).get_hookimpls()]
+        return [n for n in self.infos if n in names]
+
     def _culprit(self, hook, exc: BaseException) -> str | None:
         """The plugin whose hook implementation raised ``exc`` (innermost in the traceback)."""
         codes = {}
@@ -500,9 +505,11 @@ class PluginManager:
         """The loaded plugins, built-in first, then in load order."""
         return list(self.infos.values())
 
-    def provenance(self) -> list[dict]:
-        """Name, distribution and version of every loaded plugin (for ``results.json``)."""
-        return [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in self.infos.values()]
+    def provenance(self, only=None) -> list[dict]:
+        """Name, distribution and version of every loaded plugin, or of those named in ``only``, in load order
+        (for ``results.json``)."""
+        return [{"name": p.name, "distribution": p.distribution, "version": p.version} for p in self.infos.values()
+                if only is None or p.name in only]
 
     def describe(self) -> dict:
         """What ``sae-audit plugins --json`` prints (registrations of the registries built so far)."""

@@ -11,16 +11,26 @@ is downloaded:
 - ``tiny_image_folder``: 12 small PNG images in three class folders;
 - ``sae_audit_plugins``: an isolated plugin manager (built-ins plus the
   plugin objects a test registers) made current for one test;
+  ``sae_audit_plugins.run("run", MODEL, ...)`` runs the real ``sae-audit``
+  command line in process with exactly those plugins (a :class:`CliResult`);
+- ``installed``: the same for the plugins installed in the environment, as
+  the ``sae-audit`` command loads them (a plugin's end-to-end test after
+  ``pip install``);
 - ``plugin_site``: writes throw-away installed distributions (a real
   ``*.dist-info`` with ``entry_points.txt``) onto ``sys.path``, to test
   entry-point discovery exactly as ``pip install`` would set it up.
+
+:func:`run_cli` runs the command line in process with any plugin manager.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import sys
 import textwrap
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,14 +120,64 @@ def tiny_image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
-# --------------------------------------------------------------------------- plugins
-class PluginSandbox:
-    """An isolated :class:`~sae_audit.plugin_manager.PluginManager` for one test (see ``sae_audit_plugins``)."""
+# --------------------------------------------------------------------------- plugins and the command line
+@dataclass(frozen=True)
+class CliResult:
+    """What one in-process ``sae-audit`` call did.
 
-    def __init__(self):
+    Attributes:
+        exit_code: 0 success, 1 a ``--fail-on`` condition holds, 2 a usage or
+            input error (a plugin's failure included), 3 an internal error.
+        stdout, stderr: everything it printed (progress bars and log messages are on stderr).
+    """
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def errors(self) -> list[str]:
+        """The ``sae-audit: error: ...`` lines of stderr."""
+        return [ln for ln in self.stderr.splitlines() if ln.startswith("sae-audit: error:")]
+
+
+def run_cli(*argv, plugins=None) -> CliResult:
+    """Run the real ``sae-audit`` command line in this process; what it returned and printed.
+
+    ``argv`` are the arguments after ``sae-audit`` (paths may be
+    :class:`~pathlib.Path`); ``plugins`` is the
+    :class:`~sae_audit.plugin_manager.PluginManager` it runs with (default:
+    the installed plugins, as the ``sae-audit`` command loads them). An
+    argparse exit (``--help``, a usage error) is returned as its exit code.
+    """
+    from sae_audit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv], plugins=plugins)
+        except SystemExit as exc:  # argparse: --help, --version, a usage error
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+class PluginSandbox:
+    """A plugin manager of its own for one test, and the command line run with it.
+
+    See the ``sae_audit_plugins`` and ``installed`` fixtures.
+
+    Args:
+        load_entry_points: also load the plugins installed in the environment
+            (every ``sae_audit`` entry point; ``SAE_AUDIT_LOAD_PLUGINS`` is ignored).
+
+    Attributes:
+        manager: the :class:`~sae_audit.plugin_manager.PluginManager`.
+    """
+
+    def __init__(self, load_entry_points: bool = False):
         from sae_audit.plugin_manager import PluginManager
 
-        self.manager = PluginManager(load_entry_points=False)
+        self.manager = PluginManager(load_entry_points=load_entry_points)
 
     def register(self, plugin, name: str | None = None, distribution: str | None = None,
                  version: str | None = None, strict: bool = True):
@@ -131,6 +191,19 @@ class PluginSandbox:
         finally:
             self.manager.strict = False
 
+    def run(self, *argv) -> CliResult:
+        """Run ``sae-audit *argv`` in process with this sandbox's plugins (:func:`run_cli`)."""
+        return run_cli(*argv, plugins=self.manager)
+
+    def plugin(self, name: str):
+        """The :class:`~sae_audit.plugin_manager.PluginInfo` of loaded plugin ``name``, or ``None``."""
+        return next((p for p in self.manager.plugins() if p.name == name), None)
+
+    @property
+    def failures(self) -> list:
+        """The plugins that failed to load (:class:`~sae_audit.plugin_manager.PluginFailure`)."""
+        return list(self.manager.failures)
+
 
 @pytest.fixture()
 def sae_audit_plugins():
@@ -139,12 +212,34 @@ def sae_audit_plugins():
     Installed plugins are *not* loaded; register the ones under test with
     ``sae_audit_plugins.register(module_or_object, name)``. Everything that
     looks things up through the plugin manager (``open_image_set``,
-    ``load_sae``, ``load_vision_model``, ``run_audit``, reports) sees them.
+    ``load_sae``, ``load_vision_model``, ``run_audit``, reports) sees them, and
+    ``sae_audit_plugins.run("run", model, "--sae", sae, ...)`` runs the real
+    command line in process with them, returning a :class:`CliResult`.
     ``sae_audit_plugins.manager`` is the :class:`~sae_audit.plugin_manager.PluginManager`.
     """
     from sae_audit.plugin_manager import use_plugin_manager
 
     sandbox = PluginSandbox()
+    with use_plugin_manager(sandbox.manager):
+        yield sandbox
+
+
+@pytest.fixture()
+def installed():
+    """The plugins installed in this environment, loaded as the ``sae-audit`` command loads them, current
+    for the test (a :class:`PluginSandbox`).
+
+    For a plugin's own end-to-end tests after ``pip install``: the entry point,
+    the distribution's metadata and the command line are the real ones.
+    ``installed.plugin("name")`` is the loaded plugin's
+    :class:`~sae_audit.plugin_manager.PluginInfo` (``None`` when it is not
+    installed), ``installed.failures`` the plugins that failed to load, and
+    ``installed.run("run", ...)`` a :class:`CliResult`.
+    ``SAE_AUDIT_LOAD_PLUGINS`` and ``SAE_AUDIT_STRICT_PLUGINS`` are ignored.
+    """
+    from sae_audit.plugin_manager import use_plugin_manager
+
+    sandbox = PluginSandbox(load_entry_points=True)
     with use_plugin_manager(sandbox.manager):
         yield sandbox
 

@@ -37,14 +37,46 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv || { rm -rf .venv; echo "setup: '$PYTHON -m venv' failed" >&2; exit 1; }
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
+
+# torch, before anything that depends on it:
+#   - a torch already in .venv is kept (your choice: a CUDA, ROCm or CPU build);
+#   - SAE_AUDIT_TORCH=cuda, or auto (the default) on a machine where nvidia-smi
+#     lists a GPU: PyPI's torch, whose Linux wheels are CUDA builds (several GB);
+#   - otherwise the CPU build (about 0.7 GB instead of 6 GB), torch==$TORCH_VERSION+cpu:
+#     from pip's own indexes and find-links when they have it (a local wheel),
+#     else from PyTorch's CPU index ($TORCH_CPU_INDEX).
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+TORCH_CPU_INDEX=${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}
+install_torch() {
+  local have
+  if have=$(.venv/bin/python -c "import torch; print(torch.__version__)" 2>/dev/null); then
+    echo "==> keeping the torch already installed ($have)"
+    return
+  fi
+  local want=${SAE_AUDIT_TORCH:-auto}
+  if [ "$want" = auto ]; then
+    want=cpu
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then want=cuda; fi
+  fi
+  case "$want" in
+    cuda)
+      echo "==> installing torch $TORCH_VERSION (PyPI's CUDA build)"
+      "${PIP[@]}" install "torch==$TORCH_VERSION" ;;
+    cpu)
+      echo "==> installing torch $TORCH_VERSION, CPU build (no CUDA GPU here; SAE_AUDIT_TORCH=cuda for the GPU build)"
+      "${PIP[@]}" install "torch==$TORCH_VERSION+cpu" 2>/dev/null ||
+        "${PIP[@]}" install "torch==$TORCH_VERSION+cpu" --extra-index-url "$TORCH_CPU_INDEX" ||
+        { echo "setup: could not install the CPU build of torch $TORCH_VERSION; install a torch into .venv" \
+               "yourself (it is kept) or set SAE_AUDIT_TORCH=cuda" >&2; exit 1; } ;;
+    *)
+      echo "setup: SAE_AUDIT_TORCH must be auto, cpu or cuda, got '$want'" >&2; exit 1 ;;
+  esac
+}
 # Reinstall whenever the project's or a plugin's dependencies change.
 stamp=".venv/.sae-audit-installed-$(cat pyproject.toml plugins/*/pyproject.toml 2>/dev/null | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "==> installing sae-audit into .venv"
-  # Where this machine keeps the CPU build of torch 2.13.0 as a local wheel
-  # (pip's find-links), take it and skip a multi-GB download; --no-index
-  # makes this a no-op elsewhere, and pip then picks a torch fitting the range.
-  "${PIP[@]}" install --no-index "torch==2.13.0" 2>/dev/null || true
+  install_torch
   "${PIP[@]}" install -e ".[test]"
   rm -f .venv/.sae-audit-installed-*
   touch "$stamp"

@@ -34,7 +34,7 @@ def test_run_writes_results_and_reports(tiny_model_dir, tiny_sae_dir, tiny_image
     code = run_cli(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood_folder, out, "--sae", other))
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert results["model"]["name"] == str(tiny_model_dir)
     names = [d["name"] for d in results["datasets"]]
     assert [d["role"] for d in results["datasets"]] == ["id", "ood"]

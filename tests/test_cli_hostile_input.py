@@ -65,6 +65,7 @@ def test_a_section_exiting_becomes_a_note(plugin_site, monkeypatch, tiny_model_d
 
 # --------------------------------------------------------------------------- plugin suites that misbehave
 SUITE = '''
+import numpy as np
 import torch
 from sae_audit.hookspecs import hookimpl
 
@@ -82,18 +83,46 @@ class Acc:
             return {"entropy": float("nan")}
         if self.mode == "tensor":
             return {"entropy": torch.tensor(1.0)}
+        if self.mode == "numpy":
+            return {"stats": {"entropy": np.float32(1.0)}}
+        if self.mode == "list":
+            return [1.0]
+        if self.mode == "finish-raise":
+            raise KeyError("no_such_key")
+        if self.mode == "stateful":
+            self.n += 1  # finish must not change the accumulator
+            return {"n": self.n}
         return {"entropy": 1.0}
+
+def compare(a, b, ctx):
+    if a.mode == "compare-raise":
+        raise ValueError("compare blew up")
+    return {"gap": float("inf")}
 
 @hookimpl
 def sae_audit_register_suites(register):
-    for mode in ("raise", "nan", "tensor"):
-        register(f"bad-{mode}", lambda c, mode=mode: Acc(mode), f"a suite that misbehaves: {mode}")
+    for mode in ("raise", "nan", "tensor", "numpy", "list", "finish-raise", "stateful", "compare-raise",
+                 "compare-inf"):
+        register(f"bad-{mode}", lambda c, mode=mode: Acc(mode), f"a suite that misbehaves: {mode}",
+                 compare=compare if mode.startswith("compare") else None)
 '''
 
 
-@pytest.mark.parametrize("mode, why", [("raise", "failed in the accumulate of suite 'bad-raise'"),
-                                       ("nan", "$.entropy is nan"),
-                                       ("tensor", "$.entropy is a torch.Tensor")])
+@pytest.mark.parametrize("mode, why", [
+    ("raise", "failed in the accumulate of suite 'bad-raise' (sae_audit_register_suites): ZeroDivisionError: "
+              "accumulate blew up"),
+    ("nan", "suite 'bad-nan': finish() returned a value that cannot go into results.json: $.entropy is nan"),
+    ("tensor", "$.entropy is a torch.Tensor"),
+    ("numpy", "$.stats.entropy is a numpy.float32 (convert it to a plain number"),
+    ("list", "suite 'bad-list': finish() returned a value that cannot go into results.json: it is not a dict"),
+    ("finish-raise", "failed in the finish of suite 'bad-finish-raise' (sae_audit_register_suites): KeyError"),
+    ("stateful", "suite 'bad-stateful': finish() returned something else when called a second time; finish "
+                 "must not change the accumulator"),
+    ("compare-raise", "failed in the compare of suite 'bad-compare-raise' (sae_audit_register_suites): "
+                      "ValueError: compare blew up"),
+    ("compare-inf", "suite 'bad-compare-inf': compare() returned a value that cannot go into results.json: "
+                    "$.gap is inf"),
+])
 def test_a_plugin_suite_failure_names_the_plugin_and_stops_early(plugin_site, monkeypatch, capsys, tiny_model_dir,
                                                                   tiny_sae_dir, tiny_image_folder, ood, tmp_path,
                                                                   mode, why):
@@ -104,6 +133,15 @@ def test_a_plugin_suite_failure_names_the_plugin_and_stops_early(plugin_site, mo
     line = one_error_line(capsys.readouterr().err)
     assert "plugin 'badsuites', distribution bad-suites 0.1" in line and why in line
     assert not out.exists()
+
+
+def test_two_folders_with_one_name_are_refused_with_what_to_do(tiny_model_dir, tiny_sae_dir, tmp_path, capsys):
+    a = make_image_folder(tmp_path / "a" / "imgs", n_per_class=2, classes=("x", "y"))
+    b = make_image_folder(tmp_path / "b" / "imgs", n_per_class=2, classes=("x", "y"), seed=4)
+    assert main(run_args(tiny_model_dir, tiny_sae_dir, a, b, tmp_path / "out")) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "image set names must differ, but 'imgs' names more than one set" in line and "rename" in line
+    assert not (tmp_path / "out").exists()
 
 
 # --------------------------------------------------------------------------- conditions that can never hold
@@ -211,6 +249,11 @@ def test_an_image_size_other_than_the_sae_s_is_warned_and_reported(tiny_model_di
     assert "--image-size 48 differs from the resolution the SAEs were trained at (32 px)" in err
     md = (out / "report.md").read_text()
     assert "Audited at 48 px, but" in md and "was trained at 32 px" in md
+    # -q: errors and --fail-on outcomes only; the mismatch is still in the report
+    assert main(["run", str(tiny_model_dir), "--sae", str(sae), "--id", str(tiny_image_folder), "--ood", str(ood),
+                 "--out", str(out), "--device", "cpu", "--image-size", "48", "--overwrite", "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert "Audited at 48 px, but" in (out / "report.md").read_text()
 
 
 def test_pushing_to_an_unreachable_hub_is_one_line(tmp_path, monkeypatch, capsys):

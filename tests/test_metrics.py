@@ -114,3 +114,76 @@ def test_monosemanticity_matches_pairwise_definition():
     # Identical embeddings: every alive latent is perfectly monosemantic.
     same = metrics.monosemanticity_score(torch.tensor(acts), torch.ones(n, d_e)).numpy()
     np.testing.assert_allclose(same[2:], 1.0, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- replicate statistics (SPEC section 5)
+def test_percentile_interval_is_numpys_2_5_and_97_5_percentiles():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=200)
+    assert metrics.percentile_interval(torch.tensor(v)) == pytest.approx(tuple(np.percentile(v, [2.5, 97.5])))
+    two = np.stack([v, 2 * v], axis=1)
+    got = metrics.percentile_interval(torch.tensor(two))
+    assert got[1] == pytest.approx(tuple(np.percentile(2 * v, [2.5, 97.5])))
+    v[:30] = np.nan  # 15% undefined replicates: no interval rather than a biased one
+    assert metrics.percentile_interval(torch.tensor(v)) is None
+    v[:30] = 0.0
+    v[:10] = np.nan  # 5% undefined: the interval of the finite ones
+    assert metrics.percentile_interval(torch.tensor(v)) == pytest.approx(tuple(np.percentile(v[10:], [2.5, 97.5])))
+    assert metrics.percentile_interval(torch.zeros(0)) is None
+
+
+def test_row_wise_ranks_spearman_and_js_match_scipy_row_by_row():
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 4, size=(6, 40)).astype(float)  # many ties, like firing counts
+    b = a + rng.integers(0, 3, size=(6, 40))
+    b[2] = 1.0  # a constant row
+    np.testing.assert_allclose(metrics.rankdata_rows(torch.tensor(a)).numpy(), sp_rankdata(a, axis=1))
+    rho = metrics.spearman_rows(torch.tensor(a), torch.tensor(b)).numpy()
+    for r in range(6):
+        if r == 2:
+            assert np.isnan(rho[r])
+        else:
+            assert rho[r] == pytest.approx(spearmanr(a[r], b[r]).statistic, rel=1e-9)
+    js = metrics.js_divergence_rows(torch.tensor(a), torch.tensor(b)).numpy()
+    for r in range(6):
+        assert js[r] == pytest.approx(jensenshannon(a[r], b[r], base=2) ** 2, rel=1e-9, abs=1e-12)
+    terms = metrics.js_contributions(torch.tensor(a[0]), torch.tensor(b[0]))
+    assert (terms >= 0).all() and float(terms.sum()) == pytest.approx(metrics.js_divergence(a[0], b[0]), rel=1e-12)
+
+
+def test_weighted_auroc_is_sklearns_with_sample_weights():
+    rng = np.random.default_rng(3)
+    neg = np.round(rng.normal(size=30), 1)  # rounded: ties within and across the two sides
+    pos = np.round(rng.normal(0.7, 1, size=20), 1)
+    neg[4] = np.nan
+    wn, wp = rng.poisson(1.0, size=(5, 30)).astype(float), rng.poisson(1.0, size=(5, 20)).astype(float)
+    got = metrics.weighted_auroc(torch.tensor(neg), torch.tensor(pos), torch.tensor(wn), torch.tensor(wp), chunk=2)
+    keep = ~np.isnan(neg)
+    y = np.r_[np.zeros(keep.sum()), np.ones(20)]
+    for r in range(5):
+        ref = roc_auc_score(y, np.r_[neg[keep], pos], sample_weight=np.r_[wn[r][keep], wp[r]])
+        assert float(got[r]) == pytest.approx(ref, rel=1e-12)
+    assert metrics.weighted_auroc(torch.tensor(neg), torch.tensor(pos)) == pytest.approx(
+        metrics.auroc(torch.tensor(neg), torch.tensor(pos)), rel=1e-12)
+    zero = metrics.weighted_auroc(torch.tensor(neg), torch.tensor(pos), torch.zeros(1, 30), torch.ones(1, 20))
+    assert torch.isnan(zero).all()
+
+
+def test_kl_softmax_cosine_distance_and_fidelity_score():
+    from scipy.special import softmax
+    from scipy.stats import entropy
+
+    rng = np.random.default_rng(4)
+    p, q = rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
+    got = metrics.kl_softmax(torch.tensor(p), torch.tensor(q)).numpy()
+    np.testing.assert_allclose(got, [entropy(softmax(p[i]), softmax(q[i])) for i in range(3)], rtol=1e-9)
+    assert float(metrics.kl_softmax(torch.tensor(p), torch.tensor(p)).abs().max()) < 1e-12
+    y = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    torch.testing.assert_close(metrics.cosine_distance(y, torch.tensor([[0.0, 3.0], [2.0, 2.0]])),
+                               torch.tensor([1.0, 0.0], dtype=torch.float64))
+    assert metrics.fidelity_score(0.0, 0.2) == 1.0  # the SAE leaves the output untouched
+    assert metrics.fidelity_score(0.2, 0.2) == 0.0  # no better than erasing the hooked tokens
+    assert metrics.fidelity_score(0.3, 0.2) == pytest.approx(-0.5)
+    assert math.isnan(metrics.fidelity_score(0.1, 0.0))
+    torch.testing.assert_close(metrics.fidelity_score(torch.tensor([0.1, 0.4]), torch.tensor([0.2, 0.2])),
+                               torch.tensor([0.5, -1.0], dtype=torch.float64))

@@ -86,7 +86,8 @@ def _defaults(parser, command: str) -> dict:
 
 @pytest.mark.parametrize("command, pairs", [
     ("run", [("batch_size", ImageOptions, "batch_size"), ("seed", ImageOptions, "seed"),
-             ("dense_threshold", AuditSettings, "dense_threshold"), ("device", ModelSpec, "device"),
+             ("dense_threshold", AuditSettings, "dense_threshold"), ("bootstrap", AuditSettings, "bootstrap"),
+             ("device", ModelSpec, "device"),
              ("dtype", ModelSpec, "dtype")]),
     ("train", [("lr", TrainConfig, "lr"), ("max_vectors", TrainConfig, "max_vectors"),
                ("eval_vectors", TrainConfig, "eval_vectors"), ("sae_batch_size", TrainConfig, "batch_size"),
@@ -115,3 +116,14 @@ def test_library_errors_name_fields_and_the_cli_names_flags(tiny_model_dir, tiny
                  str(tiny_image_folder) + "/", "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
     err = capsys.readouterr().err
     assert "--batch-size must be" in err and "`" not in err
+
+
+@pytest.mark.parametrize("value", [-1, 1, 19, 10_001, 2.5, True, "200"])
+def test_bootstrap_is_zero_or_a_sane_number_of_replicates(value):
+    from sae_audit.audit import AuditSettings
+
+    with pytest.raises(SaeAuditError, match="`bootstrap` is 0 .* from 20 to 10000") as exc:
+        AuditSettings(bootstrap=value)
+    assert exc.value.field == "bootstrap"
+    assert AuditSettings(bootstrap=0).as_json()["bootstrap"] == 0
+    assert AuditSettings().bootstrap == 200

@@ -12,20 +12,36 @@ from sae_audit.models.hookpoint import TOKEN_SETS
 from sae_audit.options import option
 from sae_audit.results.gate import Condition, parse_condition
 
+#: Bounds of ``AuditSettings.bootstrap`` (besides 0, off): fewer than 20 replicates cannot place the
+#: 2.5th and 97.5th percentiles apart from the extremes; above 10,000 the memory (R x d_sae per image
+#: set) and time grow for no gain in a 95% interval.
+MIN_BOOTSTRAP, MAX_BOOTSTRAP = 20, 10_000
+
 
 @dataclass(frozen=True)
 class AuditSettings:
     """How the streaming pass runs.
 
     Raises:
-        SaeAuditError: ``dense_threshold`` outside [0, 1].
+        SaeAuditError: ``dense_threshold`` outside [0, 1]; ``bootstrap`` not 0 and not between
+            :data:`MIN_BOOTSTRAP` and :data:`MAX_BOOTSTRAP`.
     """
 
     images: ImageOptions = field(default_factory=ImageOptions)
     dense_threshold: float = option(0.1, metavar="F",
                                     help="a latent firing on more than F of the inputs counts as dense")
+    bootstrap: int = option(200, metavar="R",
+                            help="Poisson-bootstrap replicates behind every metric's 95-percent interval and the "
+                                 "noise-floor verdict (0 turns intervals off; memory about R x d_sae numbers per "
+                                 "image set)")
 
     def __post_init__(self) -> None:
+        r = self.bootstrap
+        if isinstance(r, bool) or not isinstance(r, int) or not (r == 0 or MIN_BOOTSTRAP <= r <= MAX_BOOTSTRAP):
+            raise SaeAuditError(
+                f"`bootstrap` is 0 (intervals off) or a number of replicates from {MIN_BOOTSTRAP} to {MAX_BOOTSTRAP}, "
+                f"got {r!r}" + (" (fewer cannot place a 2.5th and a 97.5th percentile)" if isinstance(r, int) and
+                                0 < r < MIN_BOOTSTRAP else ""), field="bootstrap")
         t = self.dense_threshold
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= 1:
             raise SaeAuditError(f"`dense_threshold` is a fraction of inputs between 0 and 1, got {t!r}",
@@ -37,7 +53,7 @@ class AuditSettings:
 
     def as_json(self) -> dict:
         """The ``settings`` block of the results document (flat)."""
-        return {**asdict(self.images), "dense_threshold": self.dense_threshold}
+        return {**asdict(self.images), "dense_threshold": self.dense_threshold, "bootstrap": self.bootstrap}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +102,10 @@ class AuditRequest:
         if self.tokens is not None and self.tokens not in TOKEN_SETS:
             raise SaeAuditError(f"`tokens` must be one of {', '.join(TOKEN_SETS)}, got {self.tokens!r}",
                                 field="tokens")
-        self.conditions()  # a typo fails here, before any work
+        for c in self.conditions():  # a typo fails here, before any work
+            if c.needs_intervals and self.settings.bootstrap == 0:
+                raise SaeAuditError(f"`fail_on` {c.text!r} needs intervals, but `bootstrap` is 0 (intervals off)",
+                                    field="fail_on")
 
     def input_paths(self) -> list[str]:
         """The local files and folders this audit reads (model, SAEs, image sets, judge): outputs must not hold them."""
@@ -98,5 +117,11 @@ class AuditRequest:
         return [n for n in (self.id_set, *self.ood_sets) if os.path.isdir(os.path.expanduser(n))]
 
     def conditions(self) -> list[Condition]:
-        """The parsed ``fail_on`` conditions (:func:`sae_audit.results.gate.parse_condition`)."""
-        return [parse_condition(c) for c in self.fail_on]
+        """The parsed ``fail_on`` conditions (:func:`sae_audit.results.gate.parse_condition`): on the
+        coverage metrics and every registered suite's (:func:`sae_audit.suites.known_metrics`)."""
+        if not self.fail_on:
+            return []
+        from sae_audit.suites import known_metrics
+
+        metrics = known_metrics()
+        return [parse_condition(c, metrics) for c in self.fail_on]

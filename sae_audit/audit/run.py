@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import replace
 
+from sae_audit.audit.contributors import plugins_that_took_part
 from sae_audit.audit.request import AuditRequest, AuditSettings
 from sae_audit.audit.stream import (
     AuditContext,
@@ -25,9 +26,10 @@ from sae_audit.models import ModelSpec, VisionModel, load_model
 from sae_audit.plugin_manager import PluginError, get_plugin_manager
 from sae_audit.results import build_results, files_sha256
 from sae_audit.results.gate import check_conditions
+from sae_audit.results.shift import shifted_flags
 from sae_audit.sae import load_sae
 from sae_audit.sae.io import resolve_sae_folder
-from sae_audit.suites import PairContext, resolve_suites
+from sae_audit.suites import PairContext, known_metrics, resolve_suites
 from sae_audit.suites.coverage import compare
 
 logger = logging.getLogger("sae_audit.audit")
@@ -79,7 +81,10 @@ def audit_loaded(
         check_compatible(vm, item)
     names = [id_set.name] + [s.name for s in ood_sets]
     if len(set(names)) != len(names):
-        raise SaeAuditError(f"image set names must differ, got {names}")
+        twice = ", ".join(repr(n) for n in dict.fromkeys(n for n in names if names.count(n) > 1))
+        raise SaeAuditError(f"image set names must differ, but {twice} names more than one set (a folder's set is "
+                            "named after the folder, a derived set such as corrupt:... after its base set): rename "
+                            "or move a folder so that the names differ")
     plugins.call("sae_audit_run_configured", model=vm, saes=list(saes), id_set=id_set, ood_sets=list(ood_sets),
                  config=settings)
 
@@ -93,27 +98,45 @@ def audit_loaded(
                 field="strict",
             )
 
+    ablation = None
+    if any(i.needs_outputs for i in infos):
+        from sae_audit.audit.splicing import ablation_means
+
+        ablation = tuple(ablation_means(vm, saes, id_set, settings.batch_size, settings.images.strict, progress))
     per_sae: list[dict] = [{} for _ in saes]
+    cov_accs: list[dict] = [{} for _ in saes]
     suite_store: list[dict] = [{info.name: {} for info in infos} for _ in saes]
+    floors: tuple = tuple({"unavailable": "the image-set pass returned no noise floor"} for _ in saes)
     datasets = []
     for role, image_set in [("id", id_set)] + [("ood", s) for s in ood_sets]:
         run_here = tuple(i for i in infos if not (i.needs_labels and image_set.name in unlabelled))
-        run = AuditContext(vm, tuple(saes), settings, run_here, judge, progress)
+        run = AuditContext(vm, tuple(saes), settings, run_here, judge, progress, ablation)
         found = plugins.call("sae_audit_audit_image_set", run=run, image_set=image_set, role=role)
         if not isinstance(found, ImageSetAudit):
             raise PluginError(f"sae_audit_audit_image_set returned {type(found).__name__}, expected a "
                               "sae_audit.audit.ImageSetAudit")
         desc = dict(found.description, role=role)
         datasets.append(desc)
-        for store, acc in zip(per_sae, found.coverage):
+        if role == "id" and found.floor is not None:
+            floors = found.floor
+        for store, accs, acc in zip(per_sae, cov_accs, found.coverage):
             store[image_set.name] = acc.finish()
+            accs[image_set.name] = acc
         for store, got in zip(suite_store, found.suites):
             for name, suite_acc in got.items():
-                store[name][image_set.name] = suite_acc
+                info = next(i for i in infos if i.name == name)
+                # A suite without pairs is finished at once, so its accumulator's memory is freed.
+                store[name][image_set.name] = suite_acc if info.compare is not None else \
+                    _Finished(check_suite_output(info, _suite_call(info, "finish", suite_acc.finish)))
 
     sae_entries = []
-    for item, stats, store in zip(saes, per_sae, suite_store):
-        pairs = [{"id": id_set.name, "ood": s.name, **compare(stats[id_set.name], stats[s.name])} for s in ood_sets]
+    for item, stats, accs, store, floor in zip(saes, per_sae, cov_accs, suite_store, floors):
+        cov_floor = floor.get("coverage") if "unavailable" not in floor else None
+        pairs = []
+        for s in ood_sets:
+            pair = {"id": id_set.name, "ood": s.name, **compare(accs[id_set.name], accs[s.name])}
+            _judge(pair, cov_floor)
+            pairs.append(pair)
         entry = {
             "spec": item.spec,
             "label": item.label,
@@ -122,16 +145,19 @@ def audit_loaded(
             "config": item.sae.config.to_dict(),
             "datasets": stats,
             "pairs": pairs,
+            "noise_floor": _floor_entry(floor, cov_floor),
         }
         if infos:
-            entry["suites"] = _finish_suites(infos, store, all_sets, pairs)
+            entry["suites"] = _finish_suites(infos, store, all_sets, pairs, floor)
         sae_entries.append(entry)
     settings_json = settings.as_json()
     if infos:
         settings_json["suites"] = [i.name for i in infos]
         if any(i.needs_embeddings for i in infos):
             settings_json["judge"] = (judge or vm).name
-    results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=plugins.provenance())
+    took_part = plugins_that_took_part(plugins, vm, saes, all_sets, infos)
+    results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=took_part)
+    results["metrics"].update({m.key: m.to_json() for info in infos for m in info.metrics})
     extensions = _run_finished(results)
     if extensions:
         results["extensions"] = extensions
@@ -159,7 +185,7 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
     ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
                 for s in request.ood_sets]
-    check_conditions(request.conditions(), id_set.name, [id_set.name, *(s.name for s in ood_sets)])
+    _check_conditions(request, suite_names, id_set.name, [id_set.name, *(s.name for s in ood_sets)])
     saes = _load_saes(request)
     model_spec = _resolution(request.model, saes)
     vm = load_model(model_spec)
@@ -174,6 +200,19 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     results = audit_loaded(vm, saes, id_set, ood_sets, request.settings, suite_names, judge, progress)
     results["settings"]["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return results
+
+
+def _check_conditions(request: AuditRequest, suite_names: list[str], id_name: str, set_names: list[str]) -> None:
+    """Refuse ``fail_on`` conditions that can never hold: a set the audit lacks, a suite metric whose suite does
+    not run, an interval bound or ``shifted`` with the bootstrap off (:func:`sae_audit.results.gate.check_conditions`)."""
+    conditions = request.conditions()
+    metrics = known_metrics()
+    for c in conditions:
+        suite = metrics[c.metric].suite if c.metric else None
+        if suite is not None and suite not in suite_names:
+            raise SaeAuditError(f"`fail_on` {c.text!r}: {c.metric} is a metric of suite {suite!r}, which this audit "
+                                f"does not run; add {suite} to `suites`", field="suites")
+    check_conditions(conditions, id_name, set_names, metrics, request.settings.bootstrap)
 
 
 def _load_saes(request: AuditRequest) -> list[AuditedSAE]:
@@ -243,9 +282,39 @@ def _has_labels(image_set: ImageSet) -> bool:
         return False
 
 
-def _finish_suites(infos, accs: dict, all_sets: list, coverage_pairs: list[dict]) -> dict:
-    """``{suite: {"datasets": {set: finish()}, "pairs": [...]}}`` for one SAE."""
+def _judge(pair: dict, floor: dict | None, metrics=None) -> None:
+    """Add the floor's intervals (``floor``) and the ``shifted`` flags to a pair dict, in place.
+
+    ``metrics``: the metrics the pair holds (a suite's declared ones; default coverage's).
+    """
+    if floor is not None and "unavailable" not in floor and floor.get("intervals") is not None:
+        pair["floor"] = {k: v for k, v in floor["intervals"].items() if k in (pair.get("intervals") or {})}
+    pair["shifted"] = shifted_flags(pair, floor, metrics)
+
+
+class _Finished:
+    """A suite's per-set result, finished as soon as its set was streamed."""
+
+    def __init__(self, value: dict):
+        self.value = value
+
+    def finish(self) -> dict:
+        return self.value
+
+
+def _floor_entry(floor: dict, cov_floor: dict | None) -> dict:
+    """The SAE entry's ``noise_floor``: coverage's pair metrics on the ID halves, or why there are none."""
+    if cov_floor is None:
+        return {"unavailable": floor.get("unavailable") or "no noise floor"}
+    keep = ("intervals", "fvu_gap", "shared_alive", "n_ood_only", "ood_only_fraction", "n_id_only", "id_only_fraction",
+            "js_divergence", "spearman")
+    return {"id": floor["id"], "n_images": floor["n_images"], **{k: cov_floor[k] for k in keep if k in cov_floor}}
+
+
+def _finish_suites(infos, accs: dict, all_sets: list, coverage_pairs: list[dict], floor: dict | None = None) -> dict:
+    """``{suite: {"datasets": {set: finish()}, "pairs": [...], "noise_floor": {...}}}`` for one SAE."""
     id_set, ood_sets = all_sets[0], all_sets[1:]
+    floor = floor or {}
     out = {}
     for info in infos:
         per_set = accs[info.name]
@@ -256,12 +325,19 @@ def _finish_suites(infos, accs: dict, all_sets: list, coverage_pairs: list[dict]
             else:
                 entry["datasets"][s.name] = {"skipped": f"image set {s.name!r} has no labels"}
         if info.compare is not None:
+            suite_floor = (floor.get("suites") or {}).get(info.name)
+            if info.floor:
+                entry["noise_floor"] = suite_floor if suite_floor is not None else {
+                    "unavailable": floor.get("unavailable") or f"image set {id_set.name!r} has no labels"}
             entry["pairs"] = []
             for s, cov in zip(ood_sets, coverage_pairs):
                 if id_set.name in per_set and s.name in per_set:
                     ctx = PairContext(id_set, s, cov)
                     pair = check_suite_output(info, _suite_call(info, "compare", info.compare, per_set[id_set.name],
                                                                 per_set[s.name], ctx), "compare")
-                    entry["pairs"].append({"id": id_set.name, "ood": s.name, **pair})
+                    pair = {"id": id_set.name, "ood": s.name, **pair}
+                    if info.floor:
+                        _judge(pair, suite_floor, info.metrics)
+                    entry["pairs"].append(pair)
         out[info.name] = entry
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,11 +13,14 @@ from sae_audit.audit.request import AuditSettings
 from sae_audit.data import ImageSet, iter_batches
 from sae_audit.errors import SaeAuditError
 from sae_audit.models import FamilyAdapter, HookPoint, VisionModel, capture, capture_and_pool, select_tokens
+from sae_audit.models.splice import forward_with_outputs
 from sae_audit.plugin_manager import BUILTIN, PluginError, get_plugin_manager
 from sae_audit.results import dataset_fingerprint
 from sae_audit.results.document import json_ready_problem
-from sae_audit.suites import SuiteBatch, SuiteContext, SuiteInfo
+from sae_audit.suites import PairContext, SuiteBatch, SuiteContext, SuiteInfo
+from sae_audit.suites.bootstrap import MIN_HALF_IMAGES, Bootstrap, floor_unavailable_reason, id_halves
 from sae_audit.suites.coverage import CoverageAccumulator
+from sae_audit.suites.coverage import compare as coverage_compare
 
 if TYPE_CHECKING:
     from sae_audit.sae import SAE
@@ -43,6 +47,8 @@ class AuditContext:
         suites: the :class:`~sae_audit.suites.SuiteInfo` s to run besides coverage.
         judge: the model giving judge embeddings (``None``: the audited model).
         progress: show a progress bar per image set.
+        ablation: per SAE, the ``[d_in]`` ID mean its tokens are replaced by in the
+            fidelity suite's mean ablation (``None`` when no suite needs spliced outputs).
     """
 
     model: VisionModel
@@ -51,6 +57,7 @@ class AuditContext:
     suites: tuple[SuiteInfo, ...] = ()
     judge: VisionModel | None = None
     progress: bool = True
+    ablation: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -62,11 +69,16 @@ class ImageSetAudit:
         suites: one ``{suite name: accumulator}`` dict per SAE, in order.
         description: the JSON-ready description of the set as read
             (``name``, ``n_images``, ``n_skipped``, ``skipped``, provenance).
+        floor: for the ID set, one noise-floor dict per SAE: ``{"id", "n_images": [A, B],
+            "coverage": pair dict, "suites": {name: pair dict}}`` (the pair metrics
+            between two disjoint halves of the set, SPEC section 5) or
+            ``{"unavailable": reason}``; ``None`` for an OOD set.
     """
 
     coverage: tuple
     suites: tuple
     description: dict
+    floor: tuple | None = None
 
 
 def sae_label(spec: str, sae: SAE) -> str:
@@ -108,62 +120,112 @@ def check_compatible(vm: VisionModel, item: AuditedSAE) -> None:
 
 # --------------------------------------------------------------------------- one image set
 @torch.no_grad()
-def audit_image_set(run: AuditContext, image_set: ImageSet) -> ImageSetAudit:
+def audit_image_set(run: AuditContext, image_set: ImageSet, role: str = "ood") -> ImageSetAudit:
     """Stream one image set through the model and every SAE (the built-in image-set pass).
 
     Judge embeddings come from ``run.judge`` (default: the audited model
-    itself, from the same forward pass) when a suite needs them.
+    itself, from the same forward pass) when a suite needs them; spliced
+    outputs (:mod:`sae_audit.audit.splicing`) when a suite needs them. Batches
+    carry the set's Poisson bootstrap when ``settings.bootstrap > 0``. For the
+    ID set (``role="id"``), coverage and every suite with a noise floor stream
+    into two accumulators, one per half of the set (:func:`~sae_audit.suites.bootstrap.id_halves`);
+    the floor is computed from them, then they are merged into the set's
+    accumulators.
 
     Raises:
         SaeAuditError: no image of the set could be read (or one could not under
-            strict mode).
+            strict mode), or the model's output cannot be computed after a hook.
     """
     vm, saes, settings = run.model, run.saes, run.settings
     judge = run.judge
-    accs = tuple(CoverageAccumulator(s.sae.d_sae, s.sae.d_in, s.sae.k, settings.dense_threshold) for s in saes)
+    seed = settings.images.seed
+    bootstrap = Bootstrap.for_set(settings.bootstrap, seed, image_set.name)
+    n_set = len(image_set)
+    split = None
+    floor_reason = None
+    if role == "id":
+        if n_set >= 2 * MIN_HALF_IMAGES:
+            split = id_halves(n_set, seed)
+        else:
+            floor_reason = (f"the ID set {image_set.name!r} has {n_set} image(s); the noise floor needs at least "
+                            f"{2 * MIN_HALF_IMAGES} ({MIN_HALF_IMAGES} in each half)")
+    halves = 2 if split is not None else 1
     judge_vm = judge or vm
     want_emb = any(info.needs_embeddings for info in run.suites)
-    extra = tuple(
-        {info.name: info.factory(SuiteContext(s.sae, judge_vm.name, judge_vm.d_model if want_emb else None,
-                                              settings.images.seed)) for info in run.suites}
-        for s in saes
-    )
+    want_out = any(info.needs_outputs for info in run.suites)
+
+    def ctx(item):
+        return SuiteContext(item.sae, judge_vm.name, judge_vm.d_model if want_emb else None, seed, image_set.name,
+                            settings.bootstrap)
+
+    covs = [[CoverageAccumulator(s.sae.d_sae, s.sae.d_in, s.sae.k, settings.dense_threshold) for _ in range(halves)]
+            for s in saes]
+    extra = [{info.name: [info.factory(ctx(s)) for _ in range(halves if info.floor else 1)] for info in run.suites}
+             for s in saes]
     preprocess = vm.preprocess
     if want_emb and judge is not None and judge is not vm:
         preprocess = _PairedPreprocess(vm, judge)
     it = iter_batches(image_set, preprocess, settings.images.batch_size, strict=settings.images.strict,
                       progress=image_set.name if run.progress else None)
-    n_images, checked = 0, False
+    n_images, checked, n_half = 0, False, [0, 0]
     hps = [HookPoint.parse(h) for h in sorted({s.hook_point.name for s in saes})]
     # The audited model as its own judge: one full forward gives both the block
     # outputs and the pooled embedding (unless a plugin's adapter pools its own way).
     one_pass = want_emb and not isinstance(preprocess, _PairedPreprocess) and \
         type(vm.adapter).pooled is FamilyAdapter.pooled
     for batch in it:
-        pixel_values, embeddings = batch.pixel_values, None
+        pixel_values, embeddings, base = batch.pixel_values, None, None
         if isinstance(preprocess, _PairedPreprocess):
             pixel_values, judge_pv = preprocess.split(pixel_values)
             embeddings = judge.pooled(judge_pv).float().cpu()
-        elif want_emb and not one_pass:
+        elif want_emb and not one_pass and not want_out:
             embeddings = vm.pooled(pixel_values).float().cpu()
-        if one_pass:
+        if want_out:
+            acts, base = forward_with_outputs(vm, pixel_values, hps)
+            if want_emb and embeddings is None:
+                embeddings = base.pooled.float().cpu() if one_pass else vm.pooled(pixel_values).float().cpu()
+        elif one_pass:
             acts, pooled = capture_and_pool(vm, pixel_values, hps)
             embeddings = pooled.float().cpu()
         else:
             acts = capture(vm, pixel_values, hps)
         n_images += pixel_values.shape[0]
-        for item, acc, more in zip(saes, accs, extra):
-            sb = _suite_batch(item, acts, vm, batch, embeddings)
-            acc.accumulate(sb)
+        weights = bootstrap.weights(batch.indices) if bootstrap is not None else None
+        sbs, reps = [], []
+        for item in saes:
+            sb, rep = _suite_batch(item, acts, vm, batch, embeddings, bootstrap, weights, want_out)
+            sbs.append(sb)
+            reps.append(rep)
+        if want_out:
+            from sae_audit.audit.splicing import spliced_outputs
+
+            outs = spliced_outputs(vm, pixel_values, acts, base, saes, reps, list(run.ablation),
+                                   check=not checked and role == "id")  # once per audit: the ID set comes first
+            sbs = [dataclasses.replace(sb, outputs=o) for sb, o in zip(sbs, outs)]
+        keep = split[batch.indices] if split is not None else None
+        if keep is not None:
+            n_half[0] += int(keep.sum())
+            n_half[1] += int((~keep).sum())
+        for sb, cov, more in zip(sbs, covs, extra):
+            parts = [sb] if keep is None else [sb.subset(keep), sb.subset(~keep)]
+            for acc, part in zip(cov, parts):
+                acc.accumulate(part)
             for info in run.suites:
-                _suite_call(info, "accumulate", more[info.name].accumulate, sb)
+                accs = more[info.name]
+                for acc, part in zip(accs, parts if len(accs) == 2 else [sb]):
+                    _suite_call(info, "accumulate", acc.accumulate, part)
             if not checked:  # a plugin suite's output is checked on the first batch, before the long part
                 for info in run.suites:
                     if info.plugin != BUILTIN:
-                        check_suite_output(info, _suite_call(info, "finish", more[info.name].finish))
+                        check_first_finish(info, more[info.name][0])
         checked = True
     if n_images == 0:
         raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
+    floor = None
+    if role == "id":
+        if split is not None:
+            floor_reason = floor_unavailable_reason(n_half[0], n_half[1], image_set.name)
+        floor = tuple(_floor(run.suites, cov, more, image_set, n_half, floor_reason) for cov, more in zip(covs, extra))
     description = dict(image_set.describe())
     description.update(dataset_fingerprint(image_set))
     description.update({
@@ -171,11 +233,39 @@ def audit_image_set(run: AuditContext, image_set: ImageSet) -> ImageSetAudit:
         "n_skipped": len(it.skipped),
         "skipped": [{"item": str(a), "reason": str(b)} for a, b in it.skipped[:20]],
     })
-    return ImageSetAudit(accs, extra, description)
+    return ImageSetAudit(tuple(cov[0] for cov in covs), tuple({k: v[0] for k, v in more.items()} for more in extra),
+                         description, floor)
 
 
-def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embeddings) -> SuiteBatch:
-    """Encode one batch's tokens at ``item``'s hook point: what every suite of that SAE reads."""
+def _floor(infos, cov: list, more: dict, image_set: ImageSet, n_half: list[int], reason: str | None) -> dict:
+    """The noise floor of one SAE from its half accumulators, which are then merged (half B into half A)."""
+    if len(cov) == 1:
+        return {"unavailable": reason or "no split of the ID set"}
+    if reason is None:
+        floor = {"id": image_set.name, "n_images": list(n_half), "coverage": coverage_compare(cov[0], cov[1]),
+                 "suites": {}}
+        for info in infos:
+            if info.floor:
+                a, b = more[info.name]
+                pair = _suite_call(info, "compare", info.compare, a, b,
+                                   PairContext(image_set, image_set, floor["coverage"]))
+                floor["suites"][info.name] = check_suite_output(info, pair, "compare")
+    else:
+        floor = {"unavailable": reason}
+    cov[0].merge(cov[1])
+    del cov[1]
+    for info in infos:
+        accs = more[info.name]
+        if len(accs) == 2:
+            _suite_call(info, "merge", accs[0].merge, accs[1])
+            del accs[1]
+    return floor
+
+
+def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embeddings, bootstrap=None, weights=None,
+                 want_replacement: bool = False):
+    """Encode one batch's tokens at ``item``'s hook point: ``(SuiteBatch, splice)``, what every suite of that
+    SAE reads; ``splice`` is ``(replacement, valid)`` for the fidelity suite when asked for, else ``None``."""
     sel = select_tokens(acts[item.hook_point.name], item.hook_point.tokens, vm.layout)
     n_tok = sel.shape[1]
     x = sel.reshape(-1, sel.shape[-1]).float()
@@ -183,13 +273,21 @@ def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embedding
     labels = batch.labels.repeat_interleave(n_tok)
     finite = torch.isfinite(x).all(dim=1)
     n_bad = int((~finite).sum())
+    bad_index = image_index[~finite.cpu()] if n_bad else torch.zeros(0, dtype=torch.long)
     if n_bad:
-        x, image_index, labels = x[finite], image_index[finite], labels[finite]
+        x, image_index, labels = x[finite], image_index[finite.cpu()], labels[finite.cpu()]
     x = x.to(item.sae.W_enc.device)
     codes = item.sae.encode(x)
     x_hat = item.sae.decode(codes)
-    return SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad,
-                      images=batch.indices, image_labels=batch.labels, embeddings=embeddings)
+    splice = None
+    if want_replacement:
+        from sae_audit.audit.splicing import replacement
+
+        splice = replacement(sel, finite, x_hat.to(sel.device))
+    sb = SuiteBatch(x.cpu(), codes.to("cpu"), x_hat.cpu(), image_index, labels, n_nonfinite=n_bad,
+                    images=batch.indices, image_labels=batch.labels, embeddings=embeddings, bootstrap=bootstrap,
+                    weights=weights, nonfinite_index=bad_index)
+    return sb, splice
 
 
 class _PairedPreprocess:
@@ -223,6 +321,20 @@ def _suite_call(info: SuiteInfo, what: str, fn, *args):
     """Call a suite's ``accumulate``/``finish``/``compare``; a plugin's failure names the plugin and the suite."""
     return get_plugin_manager().guarded(info.plugin, f"the {what} of suite {info.name!r} (sae_audit_register_suites)",
                                         fn, *args)
+
+
+def check_first_finish(info: SuiteInfo, acc) -> None:
+    """Call a plugin suite's ``finish`` twice after its first batch: JSON-ready, and the same both times.
+
+    Raises:
+        PluginError: ``finish`` raised, returned something that cannot go into results.json,
+            or changed the accumulator (a second call returned something else); names the plugin and suite.
+    """
+    first = check_suite_output(info, _suite_call(info, "finish", acc.finish))
+    if _suite_call(info, "finish", acc.finish) != first:
+        raise PluginError(f"{get_plugin_manager().who(info.plugin)}: suite {info.name!r}: finish() returned "
+                          "something else when called a second time; finish must not change the accumulator "
+                          "(sae-audit calls it after the first batch to check its output)")
 
 
 def check_suite_output(info: SuiteInfo, value, what: str = "finish"):

@@ -86,7 +86,13 @@ class _FlagFormatter(logging.Formatter):
         return SaeAuditError(super().format(record)).with_names(self.flags)
 
 
-def _configure_output(args) -> None:
+def _configure_output(args):
+    """Point sae-audit's log at stderr, speaking in flags; returns the function that undoes it.
+
+    ``-q`` leaves errors only (and the ``--fail-on`` outcome, which the run
+    command prints itself). Undone after each call, so the CLI can run many
+    times in one process (tests: :func:`sae_audit.testing.run_cli`).
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", message=".*torchvision.*")
     warnings.filterwarnings("ignore", message=".*use_fast.*")
@@ -108,9 +114,17 @@ def _configure_output(args) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler._sae_audit_cli = True  # type: ignore[attr-defined]
     handler.setFormatter(_FlagFormatter(getattr(args, "flags", None) or {}))
+    before = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.propagate = True
-    logger.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    logger.setLevel(logging.ERROR if getattr(args, "quiet", False) else logging.INFO)
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
+
+    return undo
 
 
 def _wants_no_plugins(argv: list[str]) -> bool:
@@ -123,25 +137,38 @@ def _wants_no_plugins(argv: list[str]) -> bool:
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run ``sae-audit`` with ``argv`` (default ``sys.argv[1:]``); the exit code."""
+def main(argv: list[str] | None = None, *, plugins=None) -> int:
+    """Run ``sae-audit`` with ``argv`` (default ``sys.argv[1:]``); the exit code.
+
+    ``plugins`` is the :class:`~sae_audit.plugin_manager.PluginManager` to run
+    with; by default one is built from the installed plugins and the
+    environment, as the ``sae-audit`` command does (``--no-plugins`` always
+    means the built-ins alone). Tests pass a sandboxed one
+    (:func:`sae_audit.testing.run_cli`, the ``sae_audit_plugins`` fixture).
+    """
     from sae_audit.plugin_manager import PluginManager, use_plugin_manager
 
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = sys.argv[1:] if argv is None else [os.fspath(a) for a in argv]
     try:
-        manager = PluginManager.from_environment(no_plugins=_wants_no_plugins(argv))
+        if plugins is None or _wants_no_plugins(argv):
+            manager = PluginManager.from_environment(no_plugins=_wants_no_plugins(argv))
+        else:
+            manager = plugins
         parser = build_parser(manager)
     except SaeAuditError as exc:
         print(f"sae-audit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    with use_plugin_manager(manager):
+    with use_plugin_manager(manager), warnings.catch_warnings():
         args = parser.parse_args(argv)
         args.argv = argv
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return EXIT_USAGE
-        _configure_output(args)
-        return _run(args)
+        undo = _configure_output(args)
+        try:
+            return _run(args)
+        finally:
+            undo()
 
 
 def _run(args) -> int:

@@ -86,7 +86,8 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_quiet(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no messages but errors")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="errors and --fail-on outcomes only: no progress bars, warnings or file names")
 
 
 def model_spec(args) -> ModelSpec:

@@ -48,11 +48,13 @@ def cmd_import_imgfocus(args) -> int:
 
 
 def cmd_sets(args) -> int:
-    from sae_audit.data import named_set_descriptions
+    from sae_audit.data.registry import image_sets
+    from sae_audit.plugin_manager import BUILTIN
 
-    sets = named_set_descriptions()
-    width = max(len(n) for n in sets)
-    for name, desc in sets.items():
+    rows = [(f"{r.name}:..." if r.value.family else r.name,
+             r.description + ("" if r.plugin == BUILTIN else f" [plugin {r.plugin}]")) for r in image_sets().values()]
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
         print(f"{name:<{width}}  {desc}")
     print("\nAny folder of images (class = first-level subfolder) or IDX images file also works.")
     return EXIT_OK

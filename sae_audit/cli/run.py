@@ -22,7 +22,7 @@ from sae_audit.cli.common import (
 from sae_audit.errors import SaeAuditError
 from sae_audit.outputs import OutputFolder
 from sae_audit.report import report_files, write_files
-from sae_audit.report.sections import verdict
+from sae_audit.report.verdict import summary_json, verdict
 from sae_audit.results.gate import evaluate
 from sae_audit.suites import available_suites
 
@@ -45,6 +45,7 @@ def configure(sub) -> None:
     add(run, "--hook", AuditRequest, "hook")
     add(run, "--tokens", AuditRequest, "tokens")
     add(run, "--dense-threshold", AuditSettings, "dense_threshold", type=float)
+    add(run, "--bootstrap", AuditSettings, "bootstrap", type=int)
     add(run, "--fail-on", AuditRequest, "fail_on", action="append", default=[],
         help_extra=" (repeatable; the run exits 1 when one holds for any SAE; the reports are still written)")
     run.add_argument("--format", dest="output_format", choices=["text", "json"], default="text",
@@ -68,7 +69,8 @@ def request_from(args) -> AuditRequest:
     """The :class:`~sae_audit.audit.AuditRequest` the flags describe."""
     return AuditRequest(
         model=model_spec(args), saes=tuple(args.sae), id_set=args.id_set, ood_sets=tuple(args.ood),
-        settings=AuditSettings(images=image_options(args), dense_threshold=args.dense_threshold),
+        settings=AuditSettings(images=image_options(args), dense_threshold=args.dense_threshold,
+                               bootstrap=args.bootstrap),
         hook=args.hook, tokens=args.tokens, suites=tuple(args.suite), judge=args.judge, fail_on=tuple(args.fail_on),
     )
 
@@ -106,7 +108,8 @@ def _gate(args, results: dict, request: AuditRequest, out: Path, paths) -> int:
     conditions = evaluate(request.conditions(), results)
     failed = [c for c in conditions if c.holds]
     for c in failed:
-        worst = ", ".join(f"{m['sae']} on {m['set']}: {m['value']:.4g}" for m in c.matches[:3])
+        worst = ", ".join(f"{m['sae']} on {m['set']}: " + (", ".join(m["metrics"]) if "metrics" in m else
+                                                           f"{m['value']:.4g}") for m in c.matches[:3])
         print(f"sae-audit: --fail-on {c.text} holds ({worst})", file=sys.stderr)  # even with --quiet
     code = EXIT_FAIL_ON if failed else EXIT_OK
     if args.output_format == "json":
@@ -117,6 +120,7 @@ def _gate(args, results: dict, request: AuditRequest, out: Path, paths) -> int:
             "files": [str(p) for p in paths],
             "model": results["model"]["name"],
             "verdict": verdict(results),
+            "shift": summary_json(results),
             "saes": [
                 {"label": s["label"], "spec": s["spec"],
                  "datasets": {n: {k: d.get(k) for k in ("fvu", "alive_fraction", "dead_fraction", "l0_mean")}
@@ -133,8 +137,14 @@ def _gate(args, results: dict, request: AuditRequest, out: Path, paths) -> int:
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
+    from sae_audit.plugin_manager import BUILTIN
+
     rows = [("coverage", "firing frequencies, alive/dead/dense latents, L0, FVU; ID vs OOD shift (always runs)")]
-    rows += [(i.name, i.description + (" [needs labels]" if i.needs_labels else "")) for i in available_suites().values()]
+    for i in available_suites().values():
+        extra = [" [needs labels]" if i.needs_labels else "",
+                 f" [metrics: {', '.join(m.key for m in i.metrics)}]" if i.metrics else "",
+                 "" if i.plugin == BUILTIN else f" [plugin {i.plugin}]"]
+        rows.append((i.name, i.description + "".join(extra)))
     width = max(len(n) for n, _ in rows)
     for name, desc in rows:
         print(f"{name:<{width}}  {desc}")

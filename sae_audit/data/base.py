@@ -13,6 +13,7 @@ the model's image processor the same kind of image.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from abc import ABC, abstractmethod
@@ -213,18 +214,43 @@ class ImageSet(ABC):
     and :func:`to_rgb` conversion, and turns decoder failures into
     :class:`UnreadableImageError`.
 
+    **Provenance.** ``results.json`` identifies each set by a content hash
+    (:func:`sae_audit.results.dataset_fingerprint`) and lists the plugins that
+    took part in the audit. Both read only this contract:
+
+    - :meth:`item_id` and :meth:`label` of every image (always hashed);
+    - :meth:`item_file`: the file image ``i`` is decoded from, when each image
+      is a file of its own (its size is hashed; default ``None``);
+    - :meth:`content_files`: files whose bytes identify the whole set (an IDX
+      file and its labels, a sprite sheet; default: the base's, else none);
+    - ``base``: a set derived from another one (a subset, a corrupted or
+      rotated copy) names it here, so the base's content files and the plugin
+      that made the base count too (:meth:`lineage`);
+    - ``registered_by``: the plugin whose registered factory built the set,
+      filled in by the image-set registry (``None`` when sae-audit opened it
+      from a path).
+
+    A wrapper whose image ``i`` is image ``j`` of its base (``j = i`` for a
+    corrupted copy) implements ``item_file(i)`` as ``self.base.item_file(j)``.
+
     Attributes:
-        name: short name used in reports (``fashion-mnist:test``, a folder's
-            base name, ...).
-        source: where the images come from (a path, or a package and path).
+        name: short, readable name used in reports, results and ``--fail-on``
+            qualifiers (``fashion-mnist:test``, a folder's base name,
+            ``corrupt:jpeg:3:digits``): build a wrapper's name from its base's
+            ``name``, never from the path the user typed.
+        source: where the images come from (a path, or a package and path), for people.
         classes: class names, ``classes[label(i)]`` is the class of image
             ``i``; ``None`` when the set is unlabeled or its labels have no
             names.
+        base: the set this one is derived from, or ``None``.
+        registered_by: the plugin whose factory built this set, or ``None``.
     """
 
     name: str = "images"
     source: str = ""
     classes: list[str] | None = None
+    base: "ImageSet | None" = None
+    registered_by: str | None = None
     #: Pixels decoded per image at most (see :data:`DEFAULT_MAX_PIXELS`); ``None``: Pillow's own limit only.
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
@@ -245,6 +271,30 @@ class ImageSet(ABC):
         """A stable, human-readable id for image ``i`` (used in skip lists)."""
         self._check_index(i)
         return f"{self.name}#{i}"
+
+    def item_file(self, i: int) -> "os.PathLike[str] | str | None":
+        """The file image ``i`` is decoded from, when each image is a file of its own; ``None`` otherwise.
+
+        Its size goes into the content hash. Default ``None``.
+        """
+        self._check_index(i)
+        return None
+
+    def content_files(self) -> list["os.PathLike[str] | str"]:
+        """Files whose bytes identify the whole set (an IDX file and its labels, a sprite sheet).
+
+        They are hashed whole into the content hash. Default: the base set's, or none.
+        """
+        return self.base.content_files() if self.base is not None else []
+
+    def lineage(self) -> list["ImageSet"]:
+        """This set, its base, the base's base, ... (at most 32 deep; a cycle stops it)."""
+        out: list[ImageSet] = []
+        s: ImageSet | None = self
+        while s is not None and len(out) < 32 and all(s is not o for o in out):
+            out.append(s)
+            s = getattr(s, "base", None)
+        return out
 
     def load(self, i: int) -> Image.Image:
         """Decode image ``i``.
@@ -343,6 +393,9 @@ class Subset(ImageSet):
 
     def item_id(self, i: int) -> str:
         return self.base.item_id(self.base_index(i))
+
+    def item_file(self, i: int):
+        return self.base.item_file(self.base_index(i))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -125,6 +125,11 @@ class DigitsSet(ImageSet):
         self.name = "digits"
         self.source = f"{path} (apt opencv-doc)"
         self.classes = list(DIGIT_CLASSES)
+        self.path = path
+
+    def content_files(self) -> list[Path]:
+        """OpenCV's ``digits.png``: its bytes identify the set."""
+        return [self.path]
 
     def __len__(self) -> int:
         return int(self._cells.shape[0])

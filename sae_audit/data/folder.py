@@ -189,6 +189,10 @@ class ImageFolderSet(ImageSet):
         self._check_index(i)
         return self.root.joinpath(*self._paths[i])
 
+    def item_file(self, i: int) -> Path:
+        """The image's file (:meth:`path`): each image is a file of its own."""
+        return self.path(i)
+
     def item_id(self, i: int) -> str:
         """The image's path relative to ``root``, with ``/`` separators, in printable form (see the class)."""
         self._check_index(i)

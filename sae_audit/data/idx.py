@@ -209,3 +209,7 @@ class IdxSet(ImageSet):
         d = super().describe()
         d["labels"] = str(self.labels_path) if self.labels_path is not None else None
         return d
+
+    def content_files(self) -> list[Path]:
+        """The IDX images file and its labels file: their bytes identify the set."""
+        return [p for p in (self.images_path, self.labels_path) if p is not None]

@@ -70,11 +70,14 @@ class BatchIterator:
         strict: bool = False,
         progress: str | None = None,
         num_workers: int = 0,
+        workers: str = "threads",
     ) -> None:
         if int(batch_size) < 1:
             raise SaeAuditError(f"batch_size must be at least 1, got {batch_size}")
         if num_workers < 0:
             raise SaeAuditError(f"num_workers must be 0 or more, got {num_workers}")
+        if workers not in ("threads", "processes"):
+            raise SaeAuditError(f"workers must be 'threads' or 'processes', got {workers!r}")
         if len(image_set) == 0:
             raise SaeAuditError(f"image set {image_set.name!r} is empty")
         self.image_set = image_set
@@ -83,6 +86,7 @@ class BatchIterator:
         self.strict = strict
         self.progress = progress
         self.num_workers = int(num_workers)
+        self.workers = workers
         self.skipped: list[tuple[str, str]] = []
         self.n_seen = 0
         self.n_ok = 0
@@ -105,6 +109,9 @@ class BatchIterator:
             for i in range(n):
                 yield i, load(i)
             return
+        if self.workers == "processes":
+            yield from self._decoded_by_processes()
+            return
         window = max(2 * self.batch_size, 4 * self.num_workers)
         with ThreadPoolExecutor(self.num_workers, thread_name_prefix="sae-audit-decode") as pool:
             pending: deque[tuple[int, Future]] = deque()
@@ -119,6 +126,23 @@ class BatchIterator:
             finally:
                 for _, fut in pending:
                     fut.cancel()
+
+    def _decoded_by_processes(self) -> Iterator[tuple[int, Image.Image | UnreadableImageError]]:
+        """``(index, image or error)`` in order, decoded by ``num_workers`` processes of torch's ``DataLoader``.
+
+        Each worker decodes whole images (:meth:`ImageSet.load`) and sends the 8-bit
+        RGB array back through shared memory; order is kept (``in_order``).
+        """
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_DecodeDataset(self.image_set), batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=max(2, -(-2 * self.batch_size // self.num_workers)),
+                            collate_fn=_keep)
+        for i, array, error in loader:
+            if error is not None:
+                yield i, UnreadableImageError(*error)
+            else:
+                yield i, Image.fromarray(array.numpy() if isinstance(array, torch.Tensor) else array, "RGB")
 
     def __iter__(self) -> Iterator[Batch]:
         self.skipped = []
@@ -183,6 +207,30 @@ class BatchIterator:
         )
 
 
+def _keep(item):
+    """DataLoader collate for one item: the decoded array as a tensor (shared memory), the rest as is."""
+    i, array, error = item
+    return i, (torch.from_numpy(array) if array is not None else None), error
+
+
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Image ``i`` of a set as ``(i, uint8 array [H, W, 3] or None, (item_id, reason) or None)``."""
+
+    def __init__(self, image_set: ImageSet):
+        self.image_set = image_set
+
+    def __len__(self) -> int:
+        return len(self.image_set)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        try:
+            return i, np.array(self.image_set.load(i)), None
+        except UnreadableImageError as exc:
+            return i, None, (exc.item_id, exc.reason)
+
+
 def iter_batches(
     image_set: ImageSet,
     preprocess: Preprocess,
@@ -191,6 +239,7 @@ def iter_batches(
     progress: str | None = None,
     *,
     num_workers: int = 0,
+    workers: str = "threads",
 ) -> BatchIterator:
     """Decode ``image_set`` in order and yield preprocessed :class:`Batch` es.
 
@@ -203,8 +252,12 @@ def iter_batches(
         strict: raise on the first unreadable image instead of skipping it.
         progress: a label for a tqdm progress bar on stderr (shown only on a
             terminal); ``None`` for no bar.
-        num_workers: decode images in this many background threads (order is
+        num_workers: decode images in this many background workers (order is
             kept); ``0`` decodes in the calling thread.
+        workers: ``threads`` (a thread pool; Pillow releases the GIL while it
+            decodes) or ``processes`` (torch's ``DataLoader`` worker processes,
+            arrays back through shared memory). ``benchmarks/loader_speed.py``
+            measures both against decoding in the calling thread.
 
     Returns:
         A :class:`BatchIterator`: iterate it for batches, then read
@@ -217,5 +270,5 @@ def iter_batches(
             (during iteration).
     """
     return BatchIterator(
-        image_set, preprocess, batch_size, strict=strict, progress=progress, num_workers=num_workers
-    )
+        image_set, preprocess, batch_size, strict=strict, progress=progress, num_workers=num_workers,
+        workers=workers)

@@ -87,4 +87,6 @@ def open_registered(spec: str) -> ImageSet | None:
             f"{manager.who(r.plugin)}: the factory of image set {r.name!r} returned "
             f"{type(result).__name__}, expected a sae_audit.data.ImageSet"
         )
+    if getattr(result, "registered_by", None) is None:
+        result.registered_by = r.plugin  # provenance: the plugins that took part (see ImageSet)
     return result

@@ -84,6 +84,11 @@ class FamilyAdapter:
         """The transformers class that holds the vision tower of this family."""
         raise NotImplementedError
 
+    def model_class_for(self, config: Any) -> type[nn.Module]:
+        """The class to load a checkpoint of ``config`` with (default :meth:`model_class`; ViT keeps a
+        classification head when the checkpoint has one)."""
+        return self.model_class()
+
     # -- config ----------------------------------------------------------------
     def vision_config(self, config: Any) -> Any:
         """The vision part of ``config`` (``config.vision_config`` for full CLIP/SigLIP)."""
@@ -162,6 +167,11 @@ class FamilyAdapter:
         """
         return out.pooler_output
 
+    def head_logits(self, model: nn.Module, out: Any) -> torch.Tensor | None:
+        """Class logits ``[B, C]`` of a model with a classification head, from the vision module's forward
+        output ``out``; ``None`` (the default) for models without one."""
+        return None
+
 
 class ViTAdapter(FamilyAdapter):
     """ViT (Dosovitskiy et al. 2021). Pooled = CLS after the final layernorm.
@@ -179,11 +189,25 @@ class ViTAdapter(FamilyAdapter):
 
         return ViTModel
 
+    def model_class_for(self, config: Any) -> type[nn.Module]:
+        """``ViTForImageClassification`` for a checkpoint saved with its head (its logits feed the fidelity
+        suite's KL divergence and top-1 agreement), else ``ViTModel``."""
+        if "ViTForImageClassification" in (getattr(config, "architectures", None) or []):
+            from transformers import ViTForImageClassification
+
+            return ViTForImageClassification
+        return self.model_class()
+
     def vision_module(self, model: nn.Module) -> nn.Module:
         return getattr(model, "vit", model)
 
     def pool_output(self, out: Any) -> torch.Tensor:
         return out.last_hidden_state[:, 0]
+
+    def head_logits(self, model: nn.Module, out: Any) -> torch.Tensor | None:
+        """``ViTForImageClassification``'s logits: its ``classifier`` on the final-layernormed CLS token."""
+        head = getattr(model, "classifier", None)
+        return None if head is None or not hasattr(model, "vit") else head(out.last_hidden_state[:, 0, :])
 
 
 class Dinov2Adapter(FamilyAdapter):

@@ -7,6 +7,7 @@ no compute is spent on later blocks.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 class _StopForward(Exception):
     """Raised from the deepest hook to end the forward pass early (never escapes capture)."""
+
+
+#: Whether each block seen by a capture returns a tuple (transformers 4) or a tensor (5):
+#: :func:`sae_audit.models.splice.continue_forward` answers in the same shape.
+BLOCK_RETURNS_TUPLE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
 
 
 def _as_hook_point(hp: HookPoint | str) -> HookPoint:
@@ -114,6 +120,7 @@ def _run(model, pixel_values, hook_points, stop_early: bool):
 
     def make_hook(idx: int):
         def hook(_mod: nn.Module, _inp: Any, output: Any) -> None:
+            BLOCK_RETURNS_TUPLE[_mod] = isinstance(output, (tuple, list))
             t = output[0] if isinstance(output, (tuple, list)) else output
             out[f"block.{idx}"] = t.detach()
             if stop_early and idx == deepest:

@@ -89,6 +89,8 @@ class VisionModel:
             raise SaeAuditError("preprocess got no images")
         images = [im.convert("RGB") if getattr(im, "mode", "RGB") != "RGB" else im for im in images]
         pv = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        if self.device.type == "cuda":  # page-locked, so the copy runs beside the GPU's work
+            return pv.pin_memory().to(device=self.device, dtype=self.dtype, non_blocking=True)
         return pv.to(device=self.device, dtype=self.dtype)
 
     def check_hook_point(self, hook_point: HookPoint, context: str = "") -> None:
@@ -239,7 +241,8 @@ def load_vision_model(
             ``config.json`` and a ``preprocessor_config.json``) or a hub id.
             A full CLIP / SigLIP checkpoint loads its vision tower only
             (``CLIPVisionModel`` / ``SiglipVisionModel``); a
-            ``ViTForImageClassification`` checkpoint loads as ``ViTModel``.
+            ``ViTForImageClassification`` checkpoint keeps its head (the
+            fidelity suite compares its logits).
         revision: branch, tag or commit for hub ids (default ``main``).
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``
             or ``"cuda:N"``.
@@ -295,7 +298,7 @@ def load_vision_model(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a full CLIP/SigLIP checkpoint reports its text tower as unexpected
     try:
-        model, info = adapter.model_class().from_pretrained(
+        model, info = adapter.model_class_for(config).from_pretrained(
             source,
             revision=load_rev,
             dtype=torch_dtype,

@@ -1,7 +1,8 @@
 """What changed between two audits: ``sae-audit report diff A.json B.json``.
 
 SAEs are matched by label and image sets by name. For every metric both
-audits hold, the diff shows A, B, the change B − A and, from the metric's
+audits hold (the coverage metrics, and the metrics the suites of either audit
+declared in its ``metrics`` table), the diff shows A, B, the change B − A and, from the metric's
 ``higher_is_better``, whether that change is better or worse (in words, so
 colour is never needed). For each matched SAE and image set it lists the
 latents whose firing frequency changed most (``|log10((f_B + ε) / (f_A + ε))|``,
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sae_audit.report.markdown import md_escape as md
-from sae_audit.results.metric_info import METRICS, MetricInfo, metrics_of
+from sae_audit.results.metric_info import MetricInfo, document_metrics, is_number, metric_items
 from sae_audit.report.view import fmt
 
 
@@ -28,6 +29,7 @@ class MetricChange:
     metric: str
     a: float | int | None
     b: float | int | None
+    info: MetricInfo | None = None
 
     @property
     def delta(self) -> float | None:
@@ -37,7 +39,7 @@ class MetricChange:
 
     def judgement(self) -> str:
         """``better``, ``worse``, ``same`` or ``""`` (no direction, or a value is missing)."""
-        info = METRICS.get(self.metric)
+        info = self.info
         d = self.delta
         if d is None or info is None or info.higher_is_better is None:
             return ""
@@ -94,6 +96,9 @@ def diff_results(a: dict, b: dict, a_name: str = "A", b_name: str = "B", top: in
         for name in sorted(only):
             out.notes.append(f"image set {name} is only in {side}")
 
+    metrics = document_metrics(a)
+    metrics.update(document_metrics(b))
+    shown = [m for m in metrics.values() if m.in_report]
     saes_a = {s["label"]: s for s in a["saes"]}
     saes_b = {s["label"]: s for s in b["saes"]}
     for only, side in ((saes_a.keys() - saes_b.keys(), a_name), (saes_b.keys() - saes_a.keys(), b_name)):
@@ -105,17 +110,18 @@ def diff_results(a: dict, b: dict, a_name: str = "A", b_name: str = "B", top: in
             da, db = sa["datasets"].get(name), sb["datasets"].get(name)
             if da is None or db is None:
                 continue
-            for m in metrics_of("dataset"):
-                if m.key in da or m.key in db:
-                    out.changes.append(MetricChange(label, name, m.key, da.get(m.key), db.get(m.key)))
-        pairs_b = {(p["id"], p["ood"]): p for p in sb["pairs"]}
+            for m in [m for m in shown if m.scope == "dataset"]:
+                va, vb = _value(sa, m, name), _value(sb, m, name)
+                if (m.key in da or m.key in db) if m.suite is None else (va is not None or vb is not None):
+                    out.changes.append(MetricChange(label, name, m.key, va, vb, m))
+        pairs_b = {(p["id"], p["ood"]) for p in sb["pairs"]}
         for pa in sa["pairs"]:
-            pb = pairs_b.get((pa["id"], pa["ood"]))
-            if pb is None:
+            if (pa["id"], pa["ood"]) not in pairs_b:
                 continue
-            for m in metrics_of("pair"):
-                out.changes.append(MetricChange(label, f"{pa['id']} vs {pa['ood']}", m.key, pa.get(m.key),
-                                                pb.get(m.key)))
+            for m in [m for m in shown if m.scope == "pair"]:
+                va, vb = _value(sa, m, pa["ood"], pa["id"]), _value(sb, m, pa["ood"], pa["id"])
+                if m.suite is None or va is not None or vb is not None:
+                    out.changes.append(MetricChange(label, f"{pa['id']} vs {pa['ood']}", m.key, va, vb, m))
         wa, wb = sa.get("weights_sha256"), sb.get("weights_sha256")
         same_weights = wa is not None and wa == wb
         if sa["config"]["d_sae"] != sb["config"]["d_sae"]:
@@ -138,6 +144,14 @@ def diff_results(a: dict, b: dict, a_name: str = "A", b_name: str = "B", top: in
     return out
 
 
+def _value(sae: dict, info: MetricInfo, name: str, id_name: str | None = None):
+    """The number metric ``info`` has for image set ``name`` (or the pair ``id_name`` vs ``name``); else ``None``."""
+    for n, i, v in metric_items(sae, info):
+        if n == name and (id_name is None or i == id_name):
+            return v if is_number(v) else None
+    return None
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(md(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
@@ -158,8 +172,8 @@ def render_diff_markdown(d: Diff) -> str:
         parts.append(f"## {md(sae)}\n")
         rows = []
         for c in changes:
-            info = METRICS.get(c.metric)
-            label = info.label if info else c.metric
+            info = c.info
+            label = (info.label + (f" (suite {info.suite})" if info.suite else "")) if info else c.metric
             rows.append([c.where, label, fmt(c.a, info.digits if info else 3, info.pct if info else False),
                          fmt(c.b, info.digits if info else 3, info.pct if info else False),
                          _fmt_delta(info, c.delta), c.judgement()])

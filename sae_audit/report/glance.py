@@ -1,24 +1,26 @@
 """The report's first screen: is the dictionary covering these OOD sets, and where not?
 
 :func:`verdict_table` is one compact table, SAEs x OOD sets, each cell the
-coverage of that set by that SAE; :func:`small_multiples` is one figure, a
-panel per SAE and OOD set with every latent's firing frequency on the ID set
-against the OOD set. :func:`glance_blocks` puts them first in the summary.
-
-The table is built from the point values the results document holds today.
-It takes a ``mark`` function so the verdict of the bootstrap intervals and
-the ID-vs-ID noise floor (SPEC section 5) can put its shift marks and
-intervals into the same cells without changing the layout.
+verdict of :mod:`sae_audit.report.verdict` for that SAE and OOD set: how many
+pair metrics are shifted beyond the ID-vs-ID noise floor (the rule of
+:mod:`sae_audit.results.shift`, SPEC section 5), then the telling metrics
+(FVU gap, JS divergence, shared alive, OOD-only latents, fidelity gap when the
+suite ran), each as value [95% interval], its floor and whether it is shifted,
+and the latents carrying the JS divergence. :func:`small_multiples` is one
+figure, a panel per SAE and OOD set with every latent's firing frequency on the
+ID set against the OOD set. :func:`glance_blocks` puts them first in the
+summary; the verdict's sentences follow them.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from sae_audit.report.verdict import fmt_ci, shift_rows
+from sae_audit.report.view import Figure, Table
+from sae_audit.results.metric_info import METRICS
 
-from sae_audit.report.view import Figure, Table, fmt
-
-#: ``mark(sae entry, pair dict) -> str``: text put before a cell's values (e.g. a shift mark), "" for none.
-Mark = Callable[[dict, dict], str]
+#: The pair metrics each cell spells out (when the pair holds them), in order, with their short names.
+GLANCE_METRICS = (("fvu_gap", "FVU gap"), ("js_divergence", "JS divergence"), ("shared_alive", "shared alive"),
+                  ("n_ood_only", "OOD-only latents"), ("fidelity_gap", "fidelity gap"))
 
 
 def model_name(results: dict) -> str:
@@ -54,37 +56,70 @@ def _pair(sae: dict, ood: str) -> dict:
     return next((p for p in sae["pairs"] if p["ood"] == ood), {})
 
 
-def coverage_cell(sae: dict, pair: dict, mark: Mark | None = None) -> str:
-    """One cell: ``[mark] FVU gap +x · shared y% · n OOD-only``."""
-    gap = pair.get("fvu_gap")
-    gap_text = "n/a" if gap is None else f"{gap:+.3f}"
-    text = (f"FVU gap {gap_text} · shared {fmt(pair.get('shared_alive'), pct=True)} · "
-            f"{fmt(pair.get('n_ood_only'))} OOD-only")
-    prefix = mark(sae, pair) if mark is not None else ""
-    return f"{prefix} {text}".strip()
+def _shift_word(flag) -> str:
+    return "n/a" if flag is None else ("SHIFTED" if flag else "not shifted")
 
 
-def verdict_table(results: dict, mark: Mark | None = None) -> Table:
-    """SAE x OOD set: how each SAE's dictionary covers each OOD set (the report's first table).
+def coverage_cell(row: dict) -> str:
+    """One cell from a :func:`sae_audit.report.verdict.shift_rows` row: the verdict, then per metric of
+    :data:`GLANCE_METRICS` ``label value [low, high] (floor value [low, high]): SHIFTED | not shifted | n/a``
+    (``label value [low, high]`` alone when the floor is unavailable), then the latents carrying the JS
+    divergence when something is shifted; parts joined by `` · ``."""
+    n = len(row["metrics"])
+    if "unavailable" in row["floor"]:
+        head = f"no verdict: noise floor unavailable ({row['floor']['unavailable']})"
+    elif not row["shifted"] and not row["not_shifted"]:
+        head = "no verdict: no interval"
+    elif row["shifted"]:
+        head = f"SHIFTED on {len(row['shifted'])} of {n} metrics"
+    else:
+        head = f"not shifted on any of {n} metrics" + (f" ({len(row['unavailable'])} without an interval)"
+                                                         if row["unavailable"] else "")
+    by_key = {c["key"]: c for c in row["metrics"]}
+    parts = [head]
+    for key, label in GLANCE_METRICS:
+        c = by_key.get(key)
+        if c is None:
+            continue
+        text = f"{label} {fmt_ci(c['value'], c['interval'], c['info'])}"
+        if not c["floor_unavailable"]:  # without a floor the head already says there is no verdict
+            text += (f" (floor {fmt_ci(c['floor_value'], c['floor_interval'], c['info'])}): "
+                     f"{_shift_word(c['shifted'])}")
+        parts.append(text)
+    lat = [r for r in row["top_latents"] if r.get("share") is not None]
+    if lat and row["shifted"]:
+        parts.append("JS divergence carried by latents "
+                     + ", ".join(f"{r['latent']} ({100 * r['share']:.0f}%)" for r in lat))
+    return " · ".join(parts)
 
-    Args:
-        mark: optional ``(sae entry, pair) -> str`` put before each cell's values (the slot for
-            shift marks and intervals).
+
+def verdict_table(results: dict) -> Table:
+    """SAE x OOD set: is each OOD set shifted beyond the noise floor for each SAE (the report's first table).
+
+    Every number comes from :func:`sae_audit.report.verdict.shift_rows` (values, 95% intervals, floors and
+    ``shifted`` flags as the results document holds them); nothing is recomputed here.
+
     Returns:
-        A :class:`Table`: one row per SAE (its ID FVU, then one cell per OOD set).
+        A :class:`Table`: one row per SAE (its ID FVU with its interval, then one :func:`coverage_cell` per
+        OOD set).
     """
     id_name, ood_names = _names(results)
+    cells = {(r["sae"], r["ood"]): r for r in shift_rows(results)}
     rows = []
     for s in results["saes"]:
-        rows.append([s["label"], fmt(s["datasets"][id_name].get("fvu"))]
-                    + [coverage_cell(s, _pair(s, ood), mark) for ood in ood_names])
+        d = s["datasets"][id_name]
+        rows.append([s["label"], fmt_ci(d.get("fvu"), (d.get("intervals") or {}).get("fvu"), METRICS["fvu"])]
+                    + [coverage_cell(cells[(s["label"], ood)]) for ood in ood_names])
     return Table(
-        "At a glance: how each SAE's dictionary covers each OOD set",
-        ["SAE", f"FVU on {id_name} (ID)"] + [f"{ood} (OOD)" for ood in ood_names], rows,
-        note="Per cell: FVU gap = FVU_OOD − FVU_ID (lower is better: OOD variance the dictionary fails to "
-             "reconstruct), shared alive = share of the ID-alive latents that also fire on the OOD set (higher is "
-             "better), OOD-only = latents that fire only out of distribution. Point values of this audit; every "
-             "metric per set is under “ID vs OOD coverage”.")
+        "At a glance. Verdict: shift beyond the ID-vs-ID noise floor, per SAE and OOD set (value [95% interval]; "
+        "floor = the same metric between two halves of the ID set)",
+        ["SAE", f"FVU on {id_name} (ID) [95% interval]"] + [f"{ood} (OOD)" for ood in ood_names], rows,
+        note="A metric is SHIFTED when its 95% interval lies entirely beyond its floor's in its bad direction "
+             "(the rule is under the verdict below). FVU gap = FVU_OOD − FVU_ID (lower is better), JS divergence "
+             "of the latents' firing frequencies in bits (lower is better), shared alive = share of the ID-alive "
+             "latents that also fire on the OOD set (higher is better), OOD-only = latents that fire only out of "
+             "distribution, fidelity gap = fidelity_ID − fidelity_OOD (lower is better). Every metric per pair is "
+             "under “ID vs OOD coverage”.")
 
 
 def _wrap(text: str, width: int = 26) -> str:
@@ -124,8 +159,10 @@ def draw_small_multiples(results: dict):
             ax.set_yscale("log")
             ax.spines[["top", "right"]].set_visible(False)
             ax.tick_params(labelsize=7)
-            gap = _pair(s, ood).get("fvu_gap")
-            sub = f"FVU gap {'n/a' if gap is None else f'{gap:+.3f}'}"
+            pair = _pair(s, ood)
+            gap = pair.get("fvu_gap")
+            flag = (pair.get("shifted") or {}).get("fvu_gap")
+            sub = f"FVU gap {'n/a' if gap is None else f'{gap:+.3f}'}" + (" (shifted)" if flag else "")
             col_name, row_name = (s["label"], ood) if turned else (ood, s["label"])
             ax.set_title((_wrap(col_name) + "\n" if r == 0 else "") + sub, fontsize=8)
             if c == 0:
@@ -143,17 +180,18 @@ def small_multiples(results: dict) -> Figure:
         "glance-frequencies",
         f"Small multiples, one panel per SAE ({', '.join(labels)}) and OOD set ({', '.join(ood_names)}), "
         f"{'SAEs in columns' if len(labels) > len(ood_names) else 'SAEs in rows'}: each dot is a latent, its firing frequency on {id_name} (x) against the OOD set "
-        "(y), log-log, never-firing latents pinned at 1e-7; the dashed diagonal is equal frequency. Dots far from "
+        "(y), log-log, never-firing latents pinned at 1e-7; each panel's title gives the FVU gap, marked (shifted) "
+        "when it is shifted beyond the noise floor; the dashed diagonal is equal frequency. Dots far from "
         "it are latents the OOD set uses differently; a column of dots on the left edge is OOD-only latents.",
         lambda: draw_small_multiples(results),
     )
 
 
-def glance_blocks(results: dict, mark: Mark | None = None) -> list:
+def glance_blocks(results: dict) -> list:
     """The summary's first blocks: the verdict table, then the small multiples."""
-    return [verdict_table(results, mark), small_multiples(results)]
+    return [verdict_table(results), small_multiples(results)]
 
 
-__all__ = ["Mark", "coverage_cell", "draw_small_multiples", "glance_blocks", "model_name", "name_of",
+__all__ = ["GLANCE_METRICS", "coverage_cell", "draw_small_multiples", "glance_blocks", "model_name", "name_of",
            "small_multiples",
            "verdict_table"]

@@ -14,7 +14,8 @@ Raw Markdown or HTML is an explicit escape hatch: a
 table tags; no script, no event handler, no style, no URL except ``data:``
 images) before it goes into either report.
 
-A section whose ``render`` raises or returns something else becomes a visible
+Each plugin's section ends with a line naming the plugin (and its
+distribution and version). A section whose ``render`` raises or returns something else becomes a visible
 error note naming the plugin (and a logged warning); the rest of the report is
 written. What a plugin registers is checked here, next to the code that uses it.
 """
@@ -148,7 +149,8 @@ def plugin_sections(results: dict) -> list[Section]:
             if not isinstance(section, Section):
                 raise TypeError(f"render returned {type(section).__name__}, expected a sae_audit.report.view.Section "
                                 "(or a ReportSection of three strings) or None")
-            out.append(Section(anchor, str(section.title), _checked_blocks(section.blocks, anchor)))
+            credit = [] if r.plugin == BUILTIN else [f"This section comes from {manager.who(r.plugin)}."]
+            out.append(Section(anchor, str(section.title), _checked_blocks(section.blocks, anchor) + credit))
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - one section must not sink the report
             if r.plugin == BUILTIN and not isinstance(exc, (TypeError, SaeAuditError)):
                 raise

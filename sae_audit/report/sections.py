@@ -9,14 +9,17 @@ ID vs OOD coverage, reconstruction, the audit suites' sections
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 from sae_audit.report import suite_sections
 from sae_audit.report.glance import glance_blocks, model_name, name_of
-from sae_audit.results.metric_info import metrics_of
 from sae_audit.report.plugin_sections import plugin_sections
-from sae_audit.report.view import Bullets, Details, Figure, Section, Table, View, direction, fmt, fmt_metric
+from sae_audit.report.verdict import fmt_ci, verdict
+from sae_audit.report.view import Bullets, Details, Figure, Section, Table, View, direction, fmt
+from sae_audit.results.metric_info import metrics_of
+from sae_audit.results.shift import RULE
+
+__all__ = ["build_view", "verdict"]
 
 # Extra section builders (functions ``results -> list[Section]``), placed after "Reconstruction";
 # plugins add sections through the ``sae_audit_register_report_sections`` hook instead.
@@ -36,58 +39,6 @@ def _names(results: dict) -> tuple[str, list[str]]:
 
 def _pair(sae: dict, ood: str) -> dict:
     return next(p for p in sae["pairs"] if p["ood"] == ood)
-
-
-def verdict(results: dict) -> list[str]:
-    """Plain sentences: what changed between ID and OOD, and which SAE covers each OOD set better."""
-    id_name, ood_names = _names(results)
-    saes = results["saes"]
-    lines = []
-    for ood in ood_names:
-        parts = []
-        for s in saes:
-            p = _pair(s, ood)
-            d_id, d_ood = s["datasets"][id_name], s["datasets"][ood]
-            parts.append(
-                f"{s['label']}: FVU {fmt(d_id['fvu'])} → {fmt(d_ood['fvu'])} (gap {fmt(p['fvu_gap'])}), "
-                f"alive latents {fmt(d_id['alive_fraction'], pct=True)} → {fmt(d_ood['alive_fraction'], pct=True)}, "
-                f"{p['n_ood_only']:,} OOD-only and {p['n_id_only']:,} ID-only latents, "
-                f"JS divergence {fmt(p['js_divergence'])} bits"
-            )
-        line = f"{id_name} (ID) → {ood} (OOD): " + "; ".join(parts) + "."
-        if len(saes) > 1:
-            gaps = [(_pair(s, ood)["fvu_gap"], s["label"]) for s in saes if _pair(s, ood)["fvu_gap"] is not None]
-            shared = [(_pair(s, ood)["shared_alive"], s["label"]) for s in saes
-                      if _pair(s, ood)["shared_alive"] is not None]
-            if gaps:
-                best_gap = min(gaps)[1]
-                line += f" Best OOD reconstruction (smallest FVU gap): {best_gap}."
-            if shared:
-                best_shared = max(shared)[1]
-                line += f" Most ID latents still used on OOD (shared alive): {best_shared}."
-        lines.append(line)
-    if len(saes) > 1 and ood_names:
-        best: dict[str, str] = {}
-        for ood in ood_names:
-            gaps = [(_pair(s, ood)["fvu_gap"], s["label"]) for s in saes if _pair(s, ood)["fvu_gap"] is not None]
-            if gaps:
-                best[ood] = min(gaps)[1]
-        winners = set(best.values())
-        if len(winners) == 1 and len(best) == len(ood_names) == 1:
-            lines.insert(0, f"Verdict: {winners.pop()} covers {ood_names[0]} best (smallest reconstruction gap "
-                            "FVU_OOD − FVU_ID).")
-        elif len(winners) == 1 and len(best) == len(ood_names):
-            lines.insert(0, f"Verdict: {winners.pop()} covers every OOD set best (smallest reconstruction gap "
-                            f"FVU_OOD − FVU_ID on all {len(ood_names)}).")
-        elif best:
-            lines.insert(0, "Verdict: no SAE covers every OOD set best; smallest reconstruction gap: "
-                         + "; ".join(f"on {o}, {lab}" for o, lab in best.items()) + ".")
-    elif len(saes) == 1 and ood_names:
-        worst = max(ood_names, key=lambda o: _pair(saes[0], o)["fvu_gap"] if _pair(saes[0], o)["fvu_gap"]
-                    is not None else -math.inf)
-        lines.insert(0, f"Verdict: {saes[0]['label']} covers {worst} least well "
-                        f"(FVU gap {fmt(_pair(saes[0], worst)['fvu_gap'])}).")
-    return lines
 
 
 def _setup_table(results: dict) -> Table:
@@ -130,15 +81,32 @@ def _sae_table(results: dict) -> Table:
                                       "trained on model", "trained at", "source"], rows, note=note)
 
 
+def _floor_note(results: dict) -> str:
+    """Where the floor comes from, or why there is none."""
+    floors = [s.get("noise_floor") or {} for s in results["saes"]]
+    got = next((f for f in floors if "id" in f), None)
+    if got is not None:
+        a, b = (got.get("n_images") or ["?", "?"])[:2]
+        return (f"Floor: the same metric between two disjoint halves of {got['id']} ({a} and {b} images), what "
+                f"sampling alone gives. {RULE}")
+    why = next((f.get("unavailable") for f in floors if f.get("unavailable")), "no noise floor in these results")
+    return f"Noise floor unavailable: {why}."
+
+
+def _shift_text(flag) -> str:
+    return "n/a" if flag is None else ("shifted" if flag else "no")
+
+
 def _coverage_section(results: dict) -> Section:
     from sae_audit.report import plots
 
     id_name, ood_names = _names(results)
     saes = results["saes"]
-    labels = [s["label"] for s in saes]
     blocks: list = [
-        "How the SAE's latents are used on each OOD set compared with the ID set. Each metric's label says "
-        "which direction is better, where one is."
+        "How the SAE's latents are used on each OOD set compared with the ID set, each value with its 95% "
+        "bootstrap interval [low, high] and beside the ID-vs-ID noise floor; the last column per SAE says whether "
+        "the pair is shifted beyond the floor. Each metric's label says which direction is better, where one is.",
+        _floor_note(results),
     ]
     for i, s in enumerate(saes):
         blocks.append(Figure(
@@ -147,10 +115,22 @@ def _coverage_section(results: dict) -> Section:
             f"image set ({', '.join([id_name] + ood_names)}); dead latents are counted in the legend.",
             lambda s=s: plots.frequency_histogram(s, [id_name] + ood_names),
         ))
+    header = ["metric"]
+    for s in saes:
+        header += [f"{s['label']}: value [95% CI]", f"{s['label']}: ID-vs-ID floor", f"{s['label']}: shifted?"]
     for ood in ood_names:
-        rows = [[m.label + direction(m)] + [fmt_metric(m, _pair(s, ood).get(m.key)) for s in saes]
-                for m in metrics_of("pair")]
-        blocks.append(Table(f"{id_name} (ID) vs {ood} (OOD)", ["metric"] + labels, rows))
+        rows = []
+        for m in metrics_of("pair"):
+            row = [m.label + direction(m)]
+            for s in saes:
+                p = _pair(s, ood)
+                floor = s.get("noise_floor") or {}
+                row.append(fmt_ci(p.get(m.key), (p.get("intervals") or {}).get(m.key), m))
+                row.append("unavailable" if "unavailable" in floor or not floor else
+                           fmt_ci(floor.get(m.key), (floor.get("intervals") or {}).get(m.key), m))
+                row.append(_shift_text((p.get("shifted") or {}).get(m.key)) if m.shift is not None else "")
+            rows.append(row)
+        blocks.append(Table(f"{id_name} (ID) vs {ood} (OOD)", header, rows))
     return Section("coverage", "ID vs OOD coverage", blocks)
 
 
@@ -166,8 +146,12 @@ def _reconstruction_section(results: dict) -> Section:
         + ", ".join(labels) + "); the value is printed above each bar.",
         lambda: plots.reconstruction_bars(results),
     )]
+    blocks.append("Each value with its 95% bootstrap interval [low, high] (n/a: intervals off or unavailable).")
     for name in [id_name] + ood_names:
-        rows = [[m.label + direction(m)] + [fmt_metric(m, s["datasets"][name].get(m.key)) for s in saes]
+        rows = [[m.label + direction(m)] + [fmt_ci(s["datasets"][name].get(m.key),
+                                                   (s["datasets"][name].get("intervals") or {}).get(m.key), m)
+                                            if m.interval else fmt(s["datasets"][name].get(m.key), m.digits, m.pct)
+                                            for s in saes]
                 for m in metrics_of("dataset")]
         role = "ID" if name == id_name else "OOD"
         blocks.append(Table(f"{name} ({role})", ["metric"] + labels, rows))
@@ -207,6 +191,21 @@ METHOD = [
     "Shared alive = |alive_ID ∩ alive_OOD| / |alive_ID|. The JS divergence (base 2, in [0, 1]) and "
     "Spearman ρ compare the two frequency profiles normalised to sum 1. Formulas: Gao et al. 2024 "
     "(arXiv 2406.04093) and Jacquier et al. 2026 (arXiv 2606.27321).",
+    "Intervals: a streaming Poisson bootstrap (Chamandy et al. 2012). Each image gets R Poisson(1) weights from a "
+    "counter-based generator keyed by the seed, the image set and the image id, so the weights do not depend on "
+    "batching or sharding; every sum is also accumulated with each replicate's weights, the metric is computed per "
+    "replicate, and the 95% interval is the 2.5th to 97.5th percentile of the R values. Tokens of an image share "
+    "its weight. The monosemanticity summary uses 16 random groups of images instead of single images; probe "
+    "accuracy resamples the held-out images of the fixed probes.",
+    "Noise floor: the ID set is split into two disjoint halves by a seeded hash of the image id, and every pair "
+    "metric is computed between the halves: the value sampling alone produces. " + RULE,
+    "Downstream fidelity (fidelity suite): the hooked tokens of the block are replaced by the SAE's "
+    "reconstruction (other tokens untouched; for mean-token SAEs every patch token is shifted so their mean is the "
+    "reconstruction) and the model runs on to its output y; mean ablation replaces them by the ID set's mean "
+    "activation. fidelity = 1 − E[d(y, y_sae)] / E[d(y, y_ablate)] with d = 1 − cos (1: output untouched, 0: no "
+    "better than erasing the hooked tokens); with a classification head also the KL divergence of the softmax "
+    "and top-1 agreement. Rarity scores no image against frequencies that include its own firings "
+    "(leave-one-out for ID images).",
 ]
 
 
@@ -240,8 +239,8 @@ def _provenance_tables(results: dict) -> list[Table]:
 
 def build_view(results: dict) -> View:
     """The report's content, from the results document alone."""
-    # The first screen: the verdict table (SAE x OOD set) and the small multiples come first
-    # (sae_audit.report.glance: glance_blocks takes the `mark` of shift marks and intervals).
+    # The first screen: the verdict table (SAE x OOD set: shift beyond the noise floor) and the small
+    # multiples (sae_audit.report.glance), then the verdict in words.
     summary = Section("summary", "Summary", [*glance_blocks(results), Bullets(verdict(results)),
                                              _setup_table(results)])
     sections = [

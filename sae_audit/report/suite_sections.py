@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from sae_audit.report.galleries import report_galleries
 from sae_audit.report.glance import model_name, name_of
+from sae_audit.report.verdict import fmt_ci
 from sae_audit.report.view import Table, fmt
 
 _OOD_SCORES = [("fvu", "per-image FVU"), ("l0", "per-image L0"), ("effective_units", "effective units"),
@@ -26,12 +27,43 @@ def _suite(s: dict, name: str) -> dict | None:
     return s.get("suites", {}).get(name)
 
 
-def _cell(stats: dict | None, key: str, **kw) -> str:
+def _cell(stats: dict | None, key: str, ci: bool = False, **kw) -> str:
+    """A suite's value (with its 95% interval when ``ci``; ``[n/a]`` when the results have none)."""
     if stats is None:
         return "not run"
     if "skipped" in stats:
         return "skipped"
+    if ci:
+        return fmt_ci(stats.get(key), (stats.get("intervals") or {}).get(key), digits=kw.get("digits"))
     return fmt(stats.get(key), **kw)
+
+
+def _pair_rows(saes: list[dict], suite: str, ood: str, keys) -> list[list[str]]:
+    """Rows ``[label, value [CI], floor, shifted?] x SAE`` for a suite's pair metrics ``keys`` (``(key, label)``)."""
+    rows = []
+    for key, what in keys:
+        row = [what]
+        for s in saes:
+            entry = _suite(s, suite) or {}
+            p = next((p for p in entry.get("pairs", []) if p.get("ood") == ood), None)
+            floor = entry.get("noise_floor") or {}
+            if p is None:
+                row += ["not run", "", ""]
+                continue
+            row.append(fmt_ci(p.get(key), (p.get("intervals") or {}).get(key)))
+            row.append("unavailable" if "unavailable" in floor or not floor else
+                       fmt_ci(floor.get(key), (floor.get("intervals") or {}).get(key)))
+            flag = (p.get("shifted") or {}).get(key)
+            row.append("n/a" if flag is None else "shifted" if flag else "no")
+        rows.append(row)
+    return rows
+
+
+def _pair_header(saes: list[dict], first: str) -> list[str]:
+    out = [first]
+    for s in saes:
+        out += [f"{s['label']}: value [95% CI]", f"{s['label']}: ID-vs-ID floor", f"{s['label']}: shifted?"]
+    return out
 
 
 def _notes(saes: list[dict], suite: str, sets: list[str]) -> str:
@@ -61,21 +93,24 @@ def suite_tables(results: dict) -> list[Table]:
         for name in sets:
             for key, what in (("ms_mean", "mean"), ("ms_median", "median"), ("ms_p90", "p90")):
                 rows.append([f"{name}: MS {what}"] + [
-                    _cell((_suite(s, "monosemanticity") or {}).get("datasets", {}).get(name), key) for s in saes])
+                    _cell((_suite(s, "monosemanticity") or {}).get("datasets", {}).get(name), key, ci=True)
+                    for s in saes])
             rows.append([f"{name}: latents scored"] + [
                 _cell((_suite(s, "monosemanticity") or {}).get("datasets", {}).get(name), "n_scored") for s in saes])
         judge = results.get("settings", {}).get("judge")
         judge = f"{model_name(results)} (the audited model)" if judge in (None, results["model"]["name"]) \
             else name_of(results, judge)
         tables.append(Table(
-            "Monosemanticity score over scored latents (higher: a latent's top images look alike)",
+            "Monosemanticity score over scored latents, value [95% interval] (higher: a latent's top images look "
+            "alike)",
             ["metric"] + labels, rows,
             note="; ".join(filter(None, [f"judge: {judge}", _notes(saes, "monosemanticity", sets)]))))
     if ran("purity"):
         rows = [[f"{name}: purity {what}"] + [
-            _cell((_suite(s, "purity") or {}).get("datasets", {}).get(name), key) for s in saes]
+            _cell((_suite(s, "purity") or {}).get("datasets", {}).get(name), key, ci=True) for s in saes]
             for name in sets for key, what in (("purity_mean", "mean"), ("purity_median", "median"))]
-        tables.append(Table("Class purity of each latent's top-16 images", ["metric"] + labels, rows,
+        tables.append(Table("Class purity of each latent's top-16 images, value [95% interval]", ["metric"] + labels,
+                            rows,
                             note=_notes(saes, "purity", sets)))
     if ran("probing"):
         rows = []
@@ -84,11 +119,14 @@ def suite_tables(results: dict) -> list[Table]:
             budgets = next((st["budgets"] for st in stats if st and "budgets" in st), [])
             for b, m in enumerate(budgets):
                 rows.append([f"{name}: top-{m} latents"] + [
-                    "skipped" if st is None or "skipped" in st else fmt((st.get("accuracy") or [None] * 99)[b])
+                    "skipped" if st is None or "skipped" in st else
+                    fmt_ci((st.get("accuracy") or [None] * 99)[b],
+                           ((st.get("intervals") or {}).get("accuracy") or [None] * 99)[b])
                     for st in stats])
             if budgets:
-                rows.append([f"{name}: majority class"] + [_cell(st, "chance") for st in stats])
-        tables.append(Table("Linear-probe accuracy on held-out images with each image's top-m latents",
+                rows.append([f"{name}: majority class"] + [_cell(st, "chance", ci=True) for st in stats])
+        tables.append(Table("Linear-probe accuracy on held-out images with each image's top-m latents, value "
+                            "[95% interval over the held-out images]",
                             ["probe"] + labels, rows, note=_notes(saes, "probing", sets)))
     if ran("k-robustness"):
         for name in sets:
@@ -107,12 +145,34 @@ def suite_tables(results: dict) -> list[Table]:
         for ood in ood_names:
             pairs = [next((p for p in (_suite(s, "ood-detection") or {}).get("pairs", []) if p["ood"] == ood), None)
                      for s in saes]
-            rows = [[f"AUROC: {what}"] + [fmt(p.get(f"auroc_{key}")) if p else "not run" for p in pairs]
-                    for key, what in _OOD_SCORES]
+            rows = _pair_rows(saes, "ood-detection", ood, [(f"auroc_{k}", f"AUROC: {w}") for k, w in _OOD_SCORES])
             tables.append(Table(f"OOD detection, {id_name} (ID) vs {ood} (OOD): AUROC per image "
                                 "(0.5 chance; below 0.5: the score is lower out of distribution)",
-                                ["score"] + labels, rows,
+                                _pair_header(saes, "score"), rows,
                                 note="; ".join(p["reason"] for p in pairs if p and p.get("reason"))))
+    if ran("fidelity"):
+        rows = []
+        keys = [("fidelity", "fidelity (1: output untouched, 0: as bad as mean ablation)"),
+                ("cosine", "cos(y, y_sae)"), ("cosine_ablation", "cos(y, y_ablate)"),
+                ("kl", "KL(y ‖ y_sae) of the logits (nats)"), ("kl_ablation", "KL(y ‖ y_ablate) (nats)"),
+                ("fidelity_kl", "fidelity, KL of the logits"), ("top1_agreement", "top-1 agreement, SAE spliced in"),
+                ("top1_agreement_ablation", "top-1 agreement, mean ablation")]
+        with_logits = any(((_suite(s, "fidelity") or {}).get("datasets", {}).get(id_name) or {}).get("logits")
+                          for s in saes)
+        for name in sets:
+            for key, what in keys if with_logits else keys[:3]:
+                rows.append([f"{name}: {what}"] + [
+                    _cell((_suite(s, "fidelity") or {}).get("datasets", {}).get(name), key, ci=True) for s in saes])
+        tables.append(Table("Downstream fidelity: the model's output with the SAE's reconstruction spliced in at the "
+                            "hook, against mean ablation, value [95% interval]", ["metric"] + labels, rows,
+                            note=_notes(saes, "fidelity", sets)))
+        for ood in ood_names:
+            pair_keys = [("fidelity_gap", "fidelity gap (ID − OOD)")]
+            if with_logits:
+                pair_keys.append(("fidelity_kl_gap", "fidelity gap, KL of the logits"))
+            pair_keys.append(("auroc_output_distance", "AUROC of the per-image output distance d(y, y_sae)"))
+            tables.append(Table(f"Downstream fidelity, {id_name} (ID) vs {ood} (OOD)", _pair_header(saes, "metric"),
+                                _pair_rows(saes, "fidelity", ood, pair_keys)))
     return tables
 
 

@@ -1,6 +1,6 @@
 """The results document (``results.json``): building, writing atomically, reading.
 
-Top level (schema version 1)::
+Top level (schema version 2)::
 
     schema_version   int
     tool             {name, version, git_revision}
@@ -8,16 +8,34 @@ Top level (schema version 1)::
     model            {name, revision, family, num_blocks, d_model, image_size, device, dtype}
     settings         the audit's settings (batch size, dense threshold, seed, ...)
     provenance       {python, platform, packages: {torch, transformers, ...}, plugins, seeds, command}
-    metrics          {key: {label, higher_is_better, scope, description}}
+    metrics          {key: {label, higher_is_better, scope, description}}; a metric a suite declared
+                     also has suite, path, plugin, pct, digits and optionally interval, floor
+                     (see sae_audit.results.metric_info)
     datasets         [{name, role: "id"|"ood", source, size, n_images, n_skipped, skipped, classes,
                        content_hash, content_hash_of}]
     saes             [{spec, label, hook_point, weights_sha256, config, datasets: {name: metrics},
-                       pairs: [...]}]
-    plugins          [{name, distribution, version}]: the plugins that took part (built-in first)
+                       pairs: [...], noise_floor, suites: {name: {datasets, pairs, noise_floor}}}]
+    plugins          [{name, distribution, version}]: the plugins that took part (built-in first;
+                     see sae_audit.audit.contributors); provenance.plugins lists every installed one
     extensions       optional {plugin name: dict} returned by plugins' sae_audit_run_finished
 
-The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v1.json``
-(:func:`schema`). Every renderer reads this document alone.
+Intervals, noise floor, shift (version 2; SPEC section 5). Every metrics dict
+(a set's, a pair's, a suite's) holds its point values where version 1 had them
+and, beside them, ``intervals: {metric: [low, high]}``: the 95% Poisson-bootstrap
+interval (the interval has the value's shape with each number replaced by
+``[low, high]``; ``null`` or a missing key: unavailable). Every pair holds
+``shifted: {metric: true | false | null}`` (:mod:`sae_audit.results.shift`) and,
+when there is a floor, ``floor: {metric: [low, high]}``, the floor's interval; every
+SAE holds ``noise_floor``, the pair metrics between two halves of the ID set
+(``{"id", "n_images": [A, B], metric: value, ..., "intervals"}``) or
+``{"unavailable": reason}``, and each suite with pairs its own ``noise_floor``.
+``settings.bootstrap`` is the number of replicates (0: intervals off).
+A version-1 file is upgraded with ``upgraded_from: 1`` and every floor marked
+unavailable, so it renders with intervals shown as unavailable.
+
+The JSON Schema is shipped in the package: ``sae_audit/results/schema/results-v2.json``
+(:func:`schema`; ``results-v1.json`` for the previous version). Every renderer
+reads this document alone.
 """
 
 from __future__ import annotations
@@ -30,7 +48,7 @@ from pathlib import Path
 
 from sae_audit.errors import SaeAuditError
 
-RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA_VERSION = 2
 
 
 def git_revision() -> str | None:
@@ -89,38 +107,37 @@ def files_sha256(folder: str | os.PathLike, pattern: str = "*.safetensors") -> s
 def dataset_fingerprint(image_set) -> dict:
     """A cheap content hash of an image set as the audit reads it.
 
-    Hashes, in order, every item's id (a relative path or ``name#index``) and
-    label, plus, for folder sets, each file's size; sets read from one file
-    (IDX, OpenCV's ``digits.png``) add the bytes of that file (and of an IDX
-    label file). It identifies *which* images were read without decoding them
-    again. Returns ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
+    Reads only the provenance contract of :class:`sae_audit.data.ImageSet`:
+    hashes, in order, every item's id and label and, where
+    ``item_file(i)`` names the image's own file, that file's size; then the
+    bytes of each of ``content_files()`` (an IDX file and its labels,
+    OpenCV's ``digits.png``; a wrapper set reports its base's). It identifies
+    *which* images were read without decoding them again. Returns
+    ``{"content_hash": "sha256:<64 hex>", "content_hash_of": what}``.
     """
     import hashlib
 
     digest = hashlib.sha256()
-    base = getattr(image_set, "base", image_set)
-    root = getattr(base, "root", None)
     what = ["item ids", "labels"]
+    sized = False
     for i in range(len(image_set)):
-        item = str(image_set.item_id(i))
-        size = ""
-        if root is not None:
+        item, size = str(image_set.item_id(i)), ""
+        path = image_set.item_file(i)
+        if path is not None:
+            sized = True
             try:
-                size = str(os.path.getsize(Path(root) / item))
+                size = str(os.path.getsize(path))
             except OSError:
                 size = "?"
         digest.update(f"{item}\0{image_set.label(i)}\0{size}\n".encode())
-    if root is not None:
+    if sized:
         what.append("file sizes")
-    files = [getattr(base, "images_path", None), getattr(base, "labels_path", None)]
-    if files[0] is None and isinstance(getattr(base, "source", None), str) and base.source:
-        files = [base.source.split(" (")[0]]
-    for f in files:
-        if f is not None and Path(str(f)).is_file():
+    for f in image_set.content_files():
+        if f is not None and Path(f).is_file():
             with open(f, "rb") as fh:
                 for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
-            what.append(f"bytes of {Path(str(f)).name}")
+            what.append(f"bytes of {Path(f).name}")
     return {"content_hash": "sha256:" + digest.hexdigest(),
             "content_hash_of": ", ".join(what[:-1]) + " and " + what[-1]}
 
@@ -251,9 +268,25 @@ def validate_results(data: dict, where: str = "results") -> None:
             raise SaeAuditError(f"{where}: $.saes[{i}].pairs has no ID/OOD comparison for {lacking}")
 
 
+def _upgrade_1_to_2(doc: dict) -> dict:
+    """Version 1 had no intervals, floors or shift flags: mark them unavailable (nothing is invented)."""
+    doc = dict(doc, schema_version=2)
+    doc.setdefault("upgraded_from", 1)
+    why = ("written by an sae-audit without intervals or a noise floor (results schema 1); re-run the audit for "
+           "them")
+    saes = []
+    for s in doc.get("saes") or []:
+        if isinstance(s, dict):
+            s = dict(s)
+            s.setdefault("noise_floor", {"unavailable": why})
+        saes.append(s)
+    if isinstance(doc.get("saes"), list):
+        doc["saes"] = saes
+    return doc
+
+
 # Upgraders from an older schema version to the next one: {old_version: fn(doc) -> doc}.
-# Version 1 is the first; a future version 2 adds an entry for 1 here.
-UPGRADERS: dict[int, object] = {}
+UPGRADERS: dict[int, object] = {1: _upgrade_1_to_2}
 
 
 def upgrade_results(data: dict, where: str = "results") -> dict:

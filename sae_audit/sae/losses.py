@@ -110,6 +110,15 @@ def auxk_loss(
     e_hat = torch.nn.functional.embedding_bag(
         idx, W_dec, per_sample_weights=torch.relu(vals), mode="sum"
     )
+    return auxk_from_estimate(error, e_hat)
+
+
+def auxk_from_estimate(error: torch.Tensor, e_hat: torch.Tensor) -> torch.Tensor:
+    """The AuxK ratio ``sum ||e - e_hat||^2 / sum ||e||^2`` of a residual ``error`` and its estimate ``e_hat``.
+
+    Both ``[B, d_in]``; :func:`auxk_loss` builds ``e_hat`` from the dead latents, the
+    training objective from sparse gradients (:mod:`sae_audit.sae.kernels`).
+    """
     den = error.pow(2).sum().clamp_min(torch.finfo(error.dtype).tiny)
     return (error - e_hat).pow(2).sum() / den
 

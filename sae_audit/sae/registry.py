@@ -61,6 +61,11 @@ def read_sae_folder(folder: Path):
     for reader in sae_formats():
         if manager.guarded(reader.plugin, f"the detect function of SAE format {reader.name!r} ({hook})",
                            reader.detect, folder):
-            return manager.guarded(reader.plugin, f"the read function of SAE format {reader.name!r} ({hook})",
-                                   reader.read, folder)
+            sae = manager.guarded(reader.plugin, f"the read function of SAE format {reader.name!r} ({hook})",
+                                  reader.read, folder)
+            try:
+                sae.read_by = reader.plugin  # provenance: the plugins that took part in an audit
+            except AttributeError:  # pragma: no cover - an object that takes no attribute
+                pass
+            return sae
     return None

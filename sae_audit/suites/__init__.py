@@ -8,17 +8,19 @@ registers the ones in this package, plugins add theirs
 (:mod:`sae_audit.suites.registry`).
 """
 
+from sae_audit.results.metric_info import MetricInfo
 from sae_audit.suites.base import Accumulator, ImageCodes, SuiteBatch
 from sae_audit.suites.registry import (
     PairContext,
     SuiteContext,
     SuiteInfo,
     available_suites,
+    known_metrics,
     resolve_suites,
     suite_registrations,
 )
 
 __all__ = [
-    "Accumulator", "ImageCodes", "PairContext", "SuiteBatch", "SuiteContext", "SuiteInfo", "available_suites",
-    "resolve_suites", "suite_registrations",
+    "Accumulator", "ImageCodes", "MetricInfo", "PairContext", "SuiteBatch", "SuiteContext", "SuiteInfo",
+    "available_suites", "known_metrics", "resolve_suites", "suite_registrations",
 ]

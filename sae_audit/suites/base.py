@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from sae_audit.sae import SparseCodes
+
+if TYPE_CHECKING:
+    from sae_audit.models.splice import SpliceOutputs
+    from sae_audit.suites.bootstrap import Bootstrap
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,15 @@ class SuiteBatch:
         image_labels: ``[B]`` int64 class of each of ``images`` (-1 when unlabeled).
         embeddings: ``[B, d_e]`` float32 judge embeddings of ``images`` (the
             monosemanticity suite's ``e_n``), or ``None`` when no suite asked for them.
+        bootstrap: the image set's Poisson bootstrap
+            (:class:`~sae_audit.suites.bootstrap.Bootstrap`), or ``None`` when it is off.
+        weights: ``[R, B]`` float64 bootstrap weights of ``images`` when the caller
+            computed them once for every SAE (else :attr:`image_weights` derives them).
+        outputs: the model's output with and without the SAE spliced in, per image of
+            ``images`` (:class:`~sae_audit.models.splice.SpliceOutputs`), or ``None`` when
+            no suite asked for them (the fidelity suite does).
+        nonfinite_index: ``[n_nonfinite]`` int64 image index of each dropped row (so that
+            :meth:`subset` can count them per half), or ``None``.
 
     All tokens of one image travel in the same batch (per-image suites take the
     maximum of a latent over the image's tokens: :attr:`image_codes`).
@@ -70,11 +83,52 @@ class SuiteBatch:
     images: torch.Tensor | None = None
     image_labels: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
+    bootstrap: "Bootstrap | None" = None
+    weights: torch.Tensor | None = None
+    outputs: "SpliceOutputs | None" = None
+    nonfinite_index: torch.Tensor | None = None
 
     @cached_property
     def image_codes(self) -> ImageCodes:
         """The batch pooled per image (computed once per batch, shared by every suite that reads it)."""
         return pool_per_image(self)
+
+    @cached_property
+    def image_weights(self) -> torch.Tensor | None:
+        """``[R, B]`` float64 Poisson(1) weights of :attr:`ImageCodes.images` (``None``: bootstrap off)."""
+        if self.weights is not None:
+            return self.weights
+        if self.bootstrap is None:
+            return None
+        return self.bootstrap.weights(self.image_codes.images)
+
+    def subset(self, keep: torch.Tensor) -> "SuiteBatch":
+        """The batch restricted to the images where ``keep`` (``[B]`` bool over :attr:`ImageCodes.images`) holds.
+
+        Tokens, codes, labels, embeddings, outputs and bootstrap weights follow their image.
+        """
+        ic = self.image_codes
+        keep = keep.bool()
+        tok = keep[ic.row] if ic.row.numel() else torch.zeros(0, dtype=torch.bool)
+        n_bad = self.n_nonfinite
+        if self.nonfinite_index is not None:
+            kept_ids = ic.images[keep]
+            n_bad = int(torch.isin(self.nonfinite_index, kept_ids).sum())
+        codes = SparseCodes(self.codes.indices[tok], self.codes.values[tok], self.codes.d_sae)
+        w = self.image_weights
+        new_row = (torch.cumsum(keep.long(), 0) - 1)[ic.row[tok]] if tok.numel() else ic.row[tok]
+        pooled = ImageCodes(ic.images[keep], ic.labels[keep], ic.max_acts[keep], ic.n_tokens[keep], new_row)
+        out = SuiteBatch(
+            self.x[tok], codes, self.x_hat[tok], self.image_index[tok], self.labels[tok], n_nonfinite=n_bad,
+            images=ic.images[keep], image_labels=ic.labels[keep],
+            embeddings=self.embeddings[keep] if self.embeddings is not None else None,
+            bootstrap=self.bootstrap, weights=w[:, keep] if w is not None else None,
+            outputs=self.outputs.subset(keep) if self.outputs is not None else None,
+            nonfinite_index=(self.nonfinite_index[torch.isin(self.nonfinite_index, ic.images[keep])]
+                             if self.nonfinite_index is not None else None),
+        )
+        out.__dict__["image_codes"] = pooled  # the pooled codes of the kept images, not recomputed
+        return out
 
 
 def pool_per_image(batch: "SuiteBatch") -> ImageCodes:

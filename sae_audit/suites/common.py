@@ -108,3 +108,83 @@ def quantiles(values: torch.Tensor) -> dict:
 def rounded(values: torch.Tensor, digits: int = 4) -> list:
     """A JSON-ready list: floats rounded to ``digits`` decimals, NaN as ``None``."""
     return [None if v != v else round(v, digits) for v in values.double().tolist()]
+
+
+class ReplicateMoments:
+    """Count, mean ``[R, d]`` and sum of squared deviations ``[R]`` of rows on ``R`` bootstrap replicates.
+
+    Each row's weight in replicate ``r`` is its image's Poisson weight ``w[r, image]``
+    (:mod:`sae_audit.suites.bootstrap`). Per batch the rows are centred on the
+    batch's own mean (so no large offset cancels), summed per image, weighted with
+    one ``[R, B] @ [B, d]`` product, and combined across batches and merges with
+    Chan et al.'s parallel update, replicate by replicate (vectorised over ``R``).
+    Memory ``O(R * d)``.
+    """
+
+    def __init__(self, replicates: int, d: int):
+        self.n = torch.zeros(replicates, dtype=torch.float64)
+        self.mean = torch.zeros(replicates, d, dtype=torch.float64)
+        self.m2 = torch.zeros(replicates, dtype=torch.float64)
+
+    def add(self, w: torch.Tensor, x: torch.Tensor, row: torch.Tensor, n_images: int) -> None:
+        """Add rows ``x [N, d]`` whose images are ``row [N]`` (rows of ``w [R, n_images]``)."""
+        if x.shape[0] == 0:
+            return
+        x = x.double()
+        c = x.mean(dim=0)
+        xc = x - c
+        self.add_centred(w, c, xc, xc.pow(2).sum(dim=1), row, n_images)
+
+    def add_centred(self, w: torch.Tensor, c: torch.Tensor, xc: torch.Tensor, sq_rows: torch.Tensor,
+                    row: torch.Tensor, n_images: int) -> None:
+        """:meth:`add` given the batch mean ``c [d]``, the centred rows ``xc [N, d]`` and ``||xc||^2 [N]``
+        (float64), so a caller that has them does not compute them twice."""
+        counts = torch.bincount(row, minlength=n_images).double()
+        sx = torch.zeros(n_images, xc.shape[1], dtype=torch.float64).index_add_(0, row, xc)
+        sq = torch.zeros(n_images, dtype=torch.float64).index_add_(0, row, sq_rows)
+        n_b = w @ counts
+        s_b = w @ sx
+        safe = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
+        mean_b = c + s_b / safe[:, None]
+        m2_b = (w @ sq - s_b.pow(2).sum(dim=1) / safe).clamp_min(0.0)
+        self._combine(n_b, mean_b, m2_b)
+
+    def _combine(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        n = self.n + n_b
+        safe = torch.where(n > 0, n, torch.ones_like(n))
+        delta = mean_b - self.mean
+        has_b = (n_b > 0)[:, None]
+        self.m2 = torch.where(n_b > 0, self.m2 + m2_b + delta.pow(2).sum(dim=1) * self.n * n_b / safe, self.m2)
+        self.mean = torch.where(has_b, self.mean + delta * (n_b / safe)[:, None], self.mean)
+        self.n = n
+
+    def merge(self, other: "ReplicateMoments") -> None:
+        if other.mean.shape != self.mean.shape:
+            raise ValueError("cannot merge replicate moments of different shapes (another `bootstrap` R?)")
+        self._combine(other.n, other.mean, other.m2)
+
+
+def per_image_sums(values: torch.Tensor, row: torch.Tensor, n_images: int) -> torch.Tensor:
+    """``[n_images, ...]`` float64 sums of ``values [N, ...]`` over the rows of each image (``row [N]``)."""
+    out = torch.zeros((n_images, *values.shape[1:]), dtype=torch.float64)
+    return out.index_add_(0, row, values.double()) if values.shape[0] else out
+
+
+def check_same_bootstrap(a, b) -> None:
+    """Raise ``ValueError`` when two accumulators saw different bootstraps (R, seed or image set)."""
+    if a is not None and b is not None and a != b:
+        raise ValueError(f"cannot merge accumulators built with different bootstraps ({a} vs {b})")
+
+
+def interval_dict(replicates: dict) -> dict:
+    """``{metric: [low, high] | None}`` (or a list of those for vector metrics) from ``{metric: [R] or [R, m]}``."""
+    from sae_audit.metrics import percentile_interval
+
+    out = {}
+    for key, reps in replicates.items():
+        iv = percentile_interval(reps)
+        if isinstance(iv, list):
+            out[key] = [list(v) if v is not None else None for v in iv]
+        else:
+            out[key] = list(iv) if iv is not None else None
+    return out

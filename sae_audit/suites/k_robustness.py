@@ -55,7 +55,8 @@ class KRobustnessAccumulator:
         if batch.embeddings is not None and self.ms is None:
             from sae_audit.suites.monosemanticity import MonosemanticityAccumulator
 
-            self.ms = [MonosemanticityAccumulator(self.sae.d_sae, batch.embeddings.shape[1]) for _ in self.budgets]
+            self.ms = [MonosemanticityAccumulator(self.sae.d_sae, batch.embeddings.shape[1], replicates=False)
+                       for _ in self.budgets]
         for b, m in enumerate(self.budgets):
             c = codes.top(m)
             x_hat = self.sae.decode(c).cpu().double()

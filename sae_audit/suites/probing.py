@@ -10,6 +10,13 @@ does not depend on batching or sharding.
 
 Memory: ``k`` (latent, value) pairs per image, i.e. no more than one token's
 sparse code per image.
+
+Intervals (SPEC section 5): the fitted probes are fixed and the held-out
+images are resampled, each held-out image counted ``w_nr`` times in replicate
+``r`` (its Poisson bootstrap weight): the interval says how much the accuracy
+measured on this many held-out images moves by chance; it leaves out the
+variation of the fit itself (refitting 200 times per budget would cost 200
+fits). The majority-class chance level gets its interval the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 
 from sae_audit.suites.base import SuiteBatch
+from sae_audit.suites.common import check_same_bootstrap, interval_dict
 
 
 def held_out(images: np.ndarray, folds: int = 5) -> np.ndarray:
@@ -49,10 +57,14 @@ class ProbingAccumulator:
         self.indices: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.n_images = 0
+        self.bootstrap = None
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
         ic = batch.image_codes
+        if batch.bootstrap is not None:
+            check_same_bootstrap(self.bootstrap, batch.bootstrap)
+            self.bootstrap = batch.bootstrap
         self.n_images += len(ic.images)
         keep = ic.labels >= 0
         if not keep.any():
@@ -64,6 +76,8 @@ class ProbingAccumulator:
         self.values.append(vals)
 
     def merge(self, other: "ProbingAccumulator") -> None:
+        check_same_bootstrap(self.bootstrap, other.bootstrap)
+        self.bootstrap = self.bootstrap or other.bootstrap
         self.images += other.images
         self.labels += other.labels
         self.indices += other.indices
@@ -96,6 +110,8 @@ class ProbingAccumulator:
             return out
         majority = train_classes[np.argmax([(labels[~test] == c).sum() for c in train_classes])]
         out["chance"] = float((labels[test] == majority).mean())
+        w = self.bootstrap.weights(torch.from_numpy(images[test])) if self.bootstrap is not None else None
+        correct = []
         acc, converged = [], []
         n = len(images)
         for m in self.budgets:
@@ -109,8 +125,15 @@ class ProbingAccumulator:
             with threadpool_limits(1), warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 clf.fit(x[~test], labels[~test])
-            acc.append(float(clf.score(x[test], labels[test])))
+            hit = clf.predict(x[test]) == labels[test]
+            acc.append(float(hit.mean()))
+            correct.append(hit)
             converged.append(bool(clf[-1].n_iter_.max() < clf[-1].max_iter))
         out["accuracy"] = acc
         out["converged"] = converged
+        if w is not None:
+            hits = torch.from_numpy(np.stack(correct + [labels[test] == majority], axis=1).astype(np.float64))
+            total = w.sum(dim=1, keepdim=True)
+            reps = torch.where(total > 0, (w @ hits) / total.clamp_min(1e-300), torch.full_like(total, float("nan")))
+            out["intervals"] = interval_dict({"accuracy": reps[:, :-1], "chance": reps[:, -1]})
         return out

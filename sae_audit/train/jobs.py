@@ -41,13 +41,20 @@ MAX_EXPANSION = 1024.0
 CHECKPOINT_DIR = ".checkpoint"
 
 
-def _tuple(request, name: str, kind: type) -> None:
+def _as_tuple(request, name: str, kind: type) -> None:
+    """Store field ``name`` as a non-empty tuple of ``kind`` (an int is also a float; a bool is neither).
+
+    Raises:
+        SaeAuditError: naming the field.
+    """
     value = getattr(request, name)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)):
         value = (value,)
-    if not value or not all(isinstance(v, kind) and not isinstance(v, bool) or (kind is float and isinstance(v, int)
-                                                                                 and not isinstance(v, bool))
-                            for v in value):
+
+    def ok(v) -> bool:
+        return not isinstance(v, bool) and (isinstance(v, kind) or (kind is float and isinstance(v, int)))
+
+    if not value or not all(ok(v) for v in value):
         raise SaeAuditError(f"`{name}` must be one or more {kind.__name__} values, got {value!r}", field=name)
     object.__setattr__(request, name, tuple(value))
 
@@ -93,9 +100,9 @@ class TrainRequest:
     resume: bool = option(False, help="continue an interrupted run from OUT/.checkpoint (same options and data)")
 
     def __post_init__(self) -> None:
-        _tuple(self, "k", int)
-        _tuple(self, "l1_off", float)
-        _tuple(self, "l1_l2_ratio", float)
+        _as_tuple(self, "k", int)
+        _as_tuple(self, "l1_off", float)
+        _as_tuple(self, "l1_l2_ratio", float)
         if min(self.k) <= 0:
             raise SaeAuditError(f"`k` must be positive, got {self.k}", field="k")
         e = self.expansion

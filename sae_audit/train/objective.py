@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sae_audit.sae import losses
+from sae_audit.sae import kernels, losses
 from sae_audit.sae.codes import SparseCodes
 from sae_audit.sae.topk import TopKSAE
 
@@ -92,6 +92,7 @@ class TopKObjective:
         self.sae = sae
         self.data_mean = data_mean
         self.tokens_since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.W_dec.device)
+        self._h_buffer: torch.Tensor | None = None
 
     def dead_mask(self) -> torch.Tensor:
         """``[d_sae]`` bool: latents silent for at least ``config.dead_after`` training vectors."""
@@ -108,6 +109,11 @@ class TopKObjective:
           :func:`~sae_audit.sae.losses.l1_l2_ratio` on the batch-active latents,
           computed only when their lambda is > 0.
 
+        The value is the dense formulation's; the gradients are computed sparsely
+        (:mod:`sae_audit.sae.kernels`): the decoder gathers the ``k`` selected rows and,
+        without the regularisers, only the selected pre-activations carry gradient
+        (``tests/train/test_fast_paths.py`` checks them against the dense gradients to 1e-5).
+
         Args:
             x_norm: ``[B, d_in]`` float32 inputs, already normalised
                 (:meth:`SAE.normalise_input <sae_audit.sae.base.SAE.normalise_input>`).
@@ -118,28 +124,93 @@ class TopKObjective:
             updates :attr:`tokens_since_fired` (adds ``B``, zeroes the latents that fired).
         """
         sae, cfg = self.sae, self.sae.config
-        h = sae.pre_activations(x_norm)
-        values, indices = h.topk(cfg.k, dim=1, sorted=False)
-        z = torch.relu(values)
-        # A dense [B, d_sae] product is faster on CPU and GPU than a sparse
-        # gather for training-size batches (and backward is a plain matmul).
-        x_hat = torch.zeros_like(h).scatter(1, indices, z) @ sae.W_dec + sae.b_dec
+        regularised = cfg.lambda_off > 0 or cfg.lambda_ratio > 0
+        b_dec = sae.b_dec if cfg.apply_b_dec_to_input else None
+        if regularised:
+            # The regularisers read relu(h) on every batch-active latent, so h keeps a
+            # dense gradient; b_dec's part of it is -W_enc @ sum_i dL/dh_i, taken without
+            # the [B, d_in] input gradient a plain (x - b_dec) @ W_enc would compute.
+            h = self._dense_pre_activations(x_norm)
+            with torch.no_grad():
+                indices = h.topk(cfg.k, dim=1, sorted=False).indices
+            groups = kernels.LatentGroups.of(indices, cfg.d_sae)
+            z = torch.relu(h.gather(1, indices).float())
+        else:
+            with torch.no_grad():
+                h = self._selection_pre_activations(x_norm, b_dec)
+                indices = h.topk(cfg.k, dim=1, sorted=False).indices
+            groups = kernels.LatentGroups.of(indices, cfg.d_sae)
+            z = torch.relu(kernels.gather_pre_activations(x_norm, sae.W_enc, sae.b_enc, b_dec, indices, h, groups))
+        # Sparse decoder: gather the k decoder rows (B*k*d_in multiply-adds, not B*d_sae*d_in).
+        x_hat = kernels.sparse_decode(indices, z, sae.W_dec, groups) + sae.b_dec
+        x_norm = x_norm.float()
         nmse = losses.normalised_mse(x_norm, x_hat, self.data_mean)
 
         with torch.no_grad():
-            fired = torch.zeros(cfg.d_sae, device=h.device).index_add_(
+            fired = torch.zeros(cfg.d_sae, device=z.device).index_add_(
                 0, indices.reshape(-1), (z > 0).float().reshape(-1)) > 0
             self.tokens_since_fired += x_norm.shape[0]
             self.tokens_since_fired.masked_fill_(fired, 0)
-        zero = h.new_zeros(())
+        zero = z.new_zeros(())
         auxk = zero
         if cfg.aux_alpha > 0:
-            auxk = losses.auxk_loss(h, (x_norm - x_hat).detach(), self.dead_mask(), sae.W_dec, cfg.k_aux_effective)
+            auxk = self._auxk(x_norm, b_dec, h, (x_norm - x_hat).detach())
         off = losses.off_support_l1(h, indices) if cfg.lambda_off > 0 else zero
         ratio = losses.l1_l2_ratio(h, indices) if cfg.lambda_ratio > 0 else zero
         loss = nmse + cfg.aux_alpha * auxk + cfg.lambda_off * off + cfg.lambda_ratio * ratio
         return LossOutput(loss, nmse.detach(), auxk.detach(), off.detach(), ratio.detach(),
                           SparseCodes(indices.detach(), z.detach(), cfg.d_sae))
+
+    def _selection_pre_activations(self, x_norm: torch.Tensor, b_dec: torch.Tensor | None) -> torch.Tensor:
+        """``h [B, d_sae]`` without autograd, bias fused into the matmul (bf16 under bf16 autocast).
+
+        In float32 it is written into a buffer kept from step to step: a fresh
+        ``[B, d_sae]`` matrix (400 MB at B 4096, d_sae 24576) is new memory from the
+        system at every step, and touching its pages cost about a tenth of the step.
+        Nothing holds ``h`` past the step that computed it.
+        """
+        sae = self.sae
+        x_in = x_norm if b_dec is None else x_norm - b_dec
+        if torch.is_autocast_enabled(x_in.device.type):
+            return torch.addmm(sae.b_enc, x_in, sae.W_enc)
+        B = x_in.shape[0]
+        buf = self._h_buffer
+        if buf is None or buf.shape[0] < B or buf.dtype != sae.W_enc.dtype or buf.device != sae.W_enc.device:
+            buf = self._h_buffer = torch.empty(B, sae.d_sae, dtype=sae.W_enc.dtype, device=sae.W_enc.device)
+        return torch.addmm(sae.b_enc, x_in.to(sae.W_enc.dtype), sae.W_enc, out=buf[:B])
+
+    def _dense_pre_activations(self, x_norm: torch.Tensor) -> torch.Tensor:
+        """``h = (x_norm - b_dec) @ W_enc + b_enc`` with a dense gradient for ``W_enc``, ``b_enc``, ``b_dec``.
+
+        The value is computed exactly as written; ``b_dec`` enters the graph through
+        ``b_enc - (b_dec - b_dec.detach()) @ W_enc``, whose value is ``b_enc`` and
+        whose gradient is the one ``(x_norm - b_dec) @ W_enc`` gives ``b_dec``.
+        """
+        sae = self.sae
+        if not sae.config.apply_b_dec_to_input:
+            return torch.addmm(sae.b_enc, x_norm, sae.W_enc)
+        b_dec = sae.b_dec
+        bias = sae.b_enc - (b_dec - b_dec.detach()) @ sae.W_enc
+        return torch.addmm(bias, x_norm - b_dec.detach(), sae.W_enc)
+
+    def _auxk(self, x_norm: torch.Tensor, b_dec: torch.Tensor | None, h: torch.Tensor,
+              error: torch.Tensor) -> torch.Tensor:
+        """AuxK (:func:`~sae_audit.sae.losses.auxk_loss`) with sparse gradients: only the chosen dead latents."""
+        sae, cfg = self.sae, self.sae.config
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        k_aux = min(cfg.k_aux_effective, n_dead)
+        if k_aux <= 0:
+            return x_norm.new_zeros(())
+        with torch.no_grad():
+            aux_idx = h.detach().masked_fill(~dead, float("-inf")).topk(k_aux, dim=1).indices
+        groups = kernels.LatentGroups.of(aux_idx, cfg.d_sae)
+        if h.requires_grad:
+            aux_vals = h.gather(1, aux_idx).float()
+        else:
+            aux_vals = kernels.gather_pre_activations(x_norm, sae.W_enc, sae.b_enc, b_dec, aux_idx, h, groups)
+        e_hat = kernels.sparse_decode(aux_idx, torch.relu(aux_vals), sae.W_dec, groups)
+        return losses.auxk_from_estimate(error, e_hat)
 
     @torch.no_grad()
     def project_decoder_grad(self) -> None:
@@ -151,7 +222,7 @@ class TopKObjective:
         W = self.sae.W_dec
         if W.grad is None:
             return
-        W.grad -= (W.grad * W).sum(dim=1, keepdim=True) * W
+        W.grad.addcmul_(torch.linalg.vecdot(W.grad, W, dim=1).unsqueeze(1), W, value=-1.0)
 
     @torch.no_grad()
     def normalise_decoder(self) -> None:

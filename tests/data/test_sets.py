@@ -295,6 +295,14 @@ def test_unreadable_images_are_skipped_and_recorded(tmp_path: Path) -> None:
     it2 = iter_batches(ds, to_tensor, batch_size=2, num_workers=2)
     assert torch.cat([b.indices for b in it2]).tolist() == idx
     assert sorted(it2.skipped) == sorted(it.skipped)
+    # and so does decoding in torch DataLoader worker processes: same batches, same pixels, same skips
+    it3 = iter_batches(ds, to_tensor, batch_size=2, num_workers=2, workers="processes")
+    batches3 = list(it3)
+    assert [b.indices.tolist() for b in batches3] == [b.indices.tolist() for b in batches]
+    assert all(torch.equal(a.pixel_values, b.pixel_values) for a, b in zip(batches3, batches))
+    assert it3.skipped == it.skipped and (it3.n_seen, it3.n_ok) == (6, 3)
+    with pytest.raises(UnreadableImageError):
+        list(iter_batches(ds, to_tensor, batch_size=2, strict=True, num_workers=1, workers="processes"))
 
 
 def test_strict_raises_naming_the_file(tmp_path: Path) -> None:

@@ -35,10 +35,10 @@ def _write(family: str, folder: Path) -> torch.nn.Module:
         m = T.ViTModel(T.ViTConfig(**VISION))
         proc = T.ViTImageProcessorPil(size=_square(32))
         ref = m
-    elif family == "vit_classifier":
+    elif family == "vit_classifier":  # loads with its head (the fidelity suite compares its logits)
         m = T.ViTForImageClassification(T.ViTConfig(**VISION, num_labels=3))
         proc = T.ViTImageProcessorPil(size=_square(32))
-        ref = m.vit
+        ref = m
     elif family == "dinov2":
         m = T.Dinov2Model(T.Dinov2Config(**VISION))
         proc = T.BitImageProcessorPil(size={"shortest_edge": 36}, crop_size=_square(32))

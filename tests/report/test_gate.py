@@ -87,4 +87,4 @@ def test_exit_code_2_from_a_subprocess_has_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "sae_audit.cli", "report", "render", str(tmp_path / "x.json"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
-    assert "Traceback" not in p.stderr and "does not match the results schema v1 at $:" in p.stderr
+    assert "Traceback" not in p.stderr and "does not match the results schema v2 at $:" in p.stderr

@@ -19,22 +19,76 @@ from tests.report.htmlcheck import Page
 from tests.report.test_render import check_structure, markdown_to_html
 
 
-def test_verdict_table_holds_the_pair_values_of_every_sae_and_ood_set(results):
+def _ci(v, iv, pct=False):
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
+    return f"{f(v)} [{f(iv[0])}, {f(iv[1])}]"
+
+
+def test_verdict_table_holds_the_values_and_intervals_of_every_sae_and_ood_set(results):
     t = verdict_table(results)
+    id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
     ood_names = [d["name"] for d in results["datasets"] if d["role"] == "ood"]
     assert t.header[2:] == [f"{o} (OOD)" for o in ood_names]
     assert [r[0] for r in t.rows] == [s["label"] for s in results["saes"]]
     for row, s in zip(t.rows, results["saes"]):
-        pair = s["pairs"][0]
-        assert row[1] == f"{s['datasets'][results['datasets'][0]['name']]['fvu']:.3f}"
-        assert f"FVU gap {pair['fvu_gap']:+.3f}" in row[2]
-        assert f"shared {100 * pair['shared_alive']:.1f}%" in row[2]
-        assert f"{pair['n_ood_only']} OOD-only" in row[2]
+        d = s["datasets"][id_name]
+        assert row[1] == _ci(d["fvu"], d["intervals"]["fvu"])
+        for ood, cell in zip(ood_names, row[2:]):
+            pair = next(p for p in s["pairs"] if p["ood"] == ood)
+            # the tiny ID set (12 images) is too small to split: no floor, so no verdict, values still shown
+            assert "unavailable" in s["noise_floor"]
+            assert cell.startswith("no verdict: noise floor unavailable (") and "SHIFTED" not in cell
+            assert f"FVU gap {_ci(pair['fvu_gap'], pair['intervals']['fvu_gap'])}" in cell
+            assert f"shared alive {_ci(pair['shared_alive'], pair['intervals']['shared_alive'], pct=True)}" in cell
+            assert f"OOD-only latents {pair['n_ood_only']} [" in cell
 
 
-def test_the_mark_slot_prefixes_each_cell(results):
-    t = verdict_table(results, mark=lambda sae, pair: f"[{sae['label'][:3]}|{pair['ood'][:4]}]")
-    assert all(cell.startswith("[") for row in t.rows for cell in row[2:])
+def _with_floor(results, fvu_gap, js, shared):
+    """The document with a hand-set floor and hand-set pair intervals: ``(interval, floor interval, shifted)``
+    per metric, the flags written as the shift rule says (checked by tests/test_noise_floor.py)."""
+    s = results["saes"][0]
+    s["noise_floor"] = {"id": "id", "n_images": [30, 30], "intervals": {}}
+    pair = s["pairs"][0]
+    pair["shifted"] = {}
+    for key, (iv, floor_iv, flag) in {"fvu_gap": fvu_gap, "js_divergence": js, "shared_alive": shared}.items():
+        pair[key] = (iv[0] + iv[1]) / 2
+        pair["intervals"][key] = iv
+        s["noise_floor"][key] = (floor_iv[0] + floor_iv[1]) / 2
+        s["noise_floor"]["intervals"][key] = floor_iv
+        pair["shifted"][key] = flag
+    pair["js_top_latents"] = [{"latent": 7, "share": 0.5}, {"latent": 3, "share": 0.25}]
+    return results
+
+
+def test_a_cell_says_what_is_shifted_beyond_the_floor(results):
+    results = _with_floor(results, fvu_gap=([0.2, 0.4], [-0.01, 0.01], True), js=([0.1, 0.3], [0.0, 0.2], False),
+                          shared=([0.5, 0.6], [0.8, 0.9], True))
+    cell = verdict_table(results).rows[0][2]
+    assert cell.startswith("SHIFTED on 2 of ")
+    assert "FVU gap 0.300 [0.200, 0.400] (floor 0.000 [-0.010, 0.010]): SHIFTED" in cell
+    assert "JS divergence 0.200 [0.100, 0.300] (floor 0.100 [0.000, 0.200]): not shifted" in cell
+    assert "shared alive 55.0% [50.0%, 60.0%] (floor 85.0% [80.0%, 90.0%]): SHIFTED" in cell
+    assert cell.endswith("JS divergence carried by latents 7 (50%), 3 (25%)")
+    # the second SAE has no floor: no verdict there
+    assert verdict_table(results).rows[1][2].startswith("no verdict")
+
+
+def test_a_cell_with_nothing_shifted_names_no_latents(results):
+    results = _with_floor(results, fvu_gap=([0.0, 0.1], [-0.01, 0.01], False), js=([0.1, 0.3], [0.0, 0.2], False),
+                          shared=([0.7, 0.85], [0.8, 0.9], False))
+    cell = verdict_table(results).rows[0][2]
+    assert cell.startswith("not shifted on any of ") and "SHIFTED" not in cell and "carried by" not in cell
+    assert "FVU gap 0.050 [0.000, 0.100] (floor 0.000 [-0.010, 0.010]): not shifted" in cell
+
+
+def test_the_summary_has_one_verdict_table(results):
+    results = _with_floor(results, fvu_gap=([0.2, 0.4], [-0.01, 0.01], True), js=([0.1, 0.3], [0.0, 0.2], False),
+                          shared=([0.5, 0.6], [0.8, 0.9], True))
+    summary = build_view(results).sections[0]
+    tables = [b for b in summary.blocks if hasattr(b, "rows")]
+    assert [t.caption.split(".")[0] for t in tables] == ["At a glance", "Setup"]
+    md = render_reports(results, formats=("md",))["report.md"]
+    assert md.count("Verdict: shift beyond the ID-vs-ID noise floor") == 1
 
 
 def test_summary_opens_with_the_verdict_table_then_the_small_multiples(results):

@@ -38,7 +38,7 @@ def test_schema_file_is_shipped_and_is_a_valid_draft_2020_12_schema():
 
 def test_written_results_validate_against_the_schema_with_jsonschema_directly(results):
     jsonschema.validate(results, schema(), cls=jsonschema.Draft202012Validator)
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
 
 
 def test_provenance_is_complete(results, audit_dir):

@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from sae_audit import metrics
 from sae_audit.errors import SaeAuditError
-from sae_audit.sae import SAEConfig, TopKSAE
+from sae_audit.sae import SAEConfig, SparseCodes, TopKSAE
+from sae_audit.suites.bootstrap import Bootstrap, set_key
 from sae_audit.plugin_manager import PluginError
 from sae_audit.suites import PairContext, SuiteContext, SuiteInfo, available_suites, resolve_suites
 from sae_audit.suites.base import SuiteBatch
@@ -51,19 +52,22 @@ class Data:
         self.emb = torch.randn(n, D_E, generator=g) + torch.nn.functional.one_hot(self.labels_img, D_E) * 2
         self.n = n
 
-    def batches(self, parts=1, per_batch=8):
-        """SuiteBatch es over whole images, grouped into ``parts`` shards."""
+    def batches(self, parts=1, per_batch=8, bootstrap=None):
+        """SuiteBatch es over whole images, grouped into ``parts`` shards (codes encoded once, for all batch sizes)."""
+        codes_all = self.sae.encode(self.x)
+        x_hat_all = self.sae.decode(codes_all)
         shards = []
         for img_ids in np.array_split(np.arange(self.n), parts):
             out = []
             for chunk in np.array_split(img_ids, max(1, math.ceil(len(img_ids) / per_batch))):
                 rows = torch.tensor([i * TOK + t for i in chunk for t in range(TOK)], dtype=torch.long)
                 x = self.x[rows]
-                codes = self.sae.encode(x)
+                codes = SparseCodes(codes_all.indices[rows], codes_all.values[rows], codes_all.d_sae)
                 imgs = self.images[chunk]
-                out.append(SuiteBatch(x, codes, self.sae.decode(codes), self.image_index[rows],
+                out.append(SuiteBatch(x, codes, x_hat_all[rows], self.image_index[rows],
                                       self.labels_img[chunk].repeat_interleave(TOK), images=imgs,
-                                      image_labels=self.labels_img[chunk], embeddings=self.emb[chunk]))
+                                      image_labels=self.labels_img[chunk], embeddings=self.emb[chunk],
+                                      bootstrap=bootstrap))
             shards.append(out)
         return shards
 
@@ -73,9 +77,9 @@ class Data:
         return torch.stack([z[i * TOK:(i + 1) * TOK].max(dim=0).values for i in range(self.n)])
 
 
-def run(factory, data, parts=1):
+def run(factory, data, parts=1, bootstrap=None, per_batch=8):
     accs = []
-    for shard in data.batches(parts):
+    for shard in data.batches(parts, per_batch=per_batch, bootstrap=bootstrap):
         acc = factory()
         for b in shard:
             acc.accumulate(b)
@@ -206,36 +210,48 @@ def test_k_robustness_matches_encoding_at_each_budget():
 
 @torch.no_grad()
 def test_ood_scores_and_auroc_match_brute_force_and_sklearn():
+    """Scores by an explicit loop (rarity of an ID image from the OTHER ID images' tokens, re-encoded), AUROC by
+    scikit-learn, each bootstrap replicate by scikit-learn with the Poisson weights as sample weights."""
     sae = make_sae()
     d_id, d_ood = Data(sae, seed=8), Data(sae, n=40, seed=9, offset=2.0)
-    a_id = run(lambda: OODAccumulator(D_SAE, D_IN), d_id, 3)
-    a_ood = run(lambda: OODAccumulator(D_SAE, D_IN), d_ood, 2)
+    b_id, b_ood = Bootstrap(40, 0, set_key("id")), Bootstrap(40, 0, set_key("ood"))
+    a_id = run(lambda: OODAccumulator(D_SAE, D_IN), d_id, 3, bootstrap=b_id)
+    a_ood = run(lambda: OODAccumulator(D_SAE, D_IN), d_ood, 2, bootstrap=b_ood)
     pair = ood_compare(a_id, a_ood)
 
-    def brute(d, ref):
-        x = ref.x.double()
-        var = ((x - x.mean(0)) ** 2).sum().item() / len(x)
-        z_ref = ref.sae.encode(ref.x).to_dense()
-        f = (z_ref > 0).double().mean(0)
-        rar = -torch.log10(f + 1.0 / len(x))
+    x_ref = d_id.x.double()
+    var = ((x_ref - x_ref.mean(0)) ** 2).sum().item() / len(x_ref)
+
+    def rarity(z_img, others_x):
+        f = (sae.encode(others_x).to_dense() > 0).double().mean(0)
+        rar = -torch.log10(f + 1.0 / len(others_x))
+        fired = (z_img > 0).nonzero()
+        return rar[fired[:, 1]].mean().item() if len(fired) else float("nan")
+
+    def brute(d, leave_one_out):
         out = {"fvu": [], "l0": [], "effective_units": [], "rarity": []}
         for i in range(d.n):
             xi = d.x[i * TOK:(i + 1) * TOK]
-            c = d.sae.encode(xi)
+            c = sae.encode(xi)
             zi = c.to_dense()
-            out["fvu"].append(((xi.double() - d.sae.decode(c).double()) ** 2).sum().item() / TOK / var)
+            out["fvu"].append(((xi.double() - sae.decode(c).double()) ** 2).sum().item() / TOK / var)
             out["l0"].append((zi > 0).sum().item() / TOK)
             out["effective_units"].append(metrics.effective_units(zi.double()).mean().item())
-            fired = (zi > 0).nonzero()
-            out["rarity"].append(rar[fired[:, 1]].mean().item() if len(fired) else float("nan"))
+            others = torch.cat([d_id.x[:i * TOK], d_id.x[(i + 1) * TOK:]]) if leave_one_out else d_id.x
+            out["rarity"].append(rarity(zi, others))
         return out
 
-    s_id, s_ood = brute(d_id, d_id), brute(d_ood, d_id)
+    s_id, s_ood = brute(d_id, True), brute(d_ood, False)
+    w_id, w_ood = b_id.weights(d_id.images), b_ood.weights(d_ood.images)
     for s in ("fvu", "l0", "effective_units", "rarity"):
         y = [0] * len(s_id[s]) + [1] * len(s_ood[s])
         ref = roc_auc_score(y, s_id[s] + s_ood[s])
         assert pair[f"auroc_{s}"] == pytest.approx(ref, abs=1e-6), s
         assert pair[f"{s}_ood_mean"] == pytest.approx(np.mean(s_ood[s]), rel=1e-6), s
+        assert pair[f"{s}_id_mean"] == pytest.approx(np.mean(s_id[s]), rel=1e-6), s
+        reps = [roc_auc_score(y, s_id[s] + s_ood[s], sample_weight=torch.cat([w_id[r], w_ood[r]]).numpy())
+                for r in range(40)]
+        assert pair["intervals"][f"auroc_{s}"] == pytest.approx(list(np.percentile(reps, [2.5, 97.5])), abs=1e-9), s
     assert pair["auroc_fvu"] > 0.7  # the offset set is reconstructed worse
 
 

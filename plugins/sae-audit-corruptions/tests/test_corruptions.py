@@ -1,8 +1,10 @@
 """sae-audit-corruptions: each corruption against an independent reference, the set
-family, and the installed plugin end to end through the sae-audit CLI.
+family, and the plugin end to end through the real sae-audit command line, in
+process: registered in a sandbox (``sae_audit_plugins``), and as installed (``installed``).
 
-Run after `pip install ./plugins/sae-audit-corruptions`; the tiny model, SAE
-and image folder come from sae-audit's pytest plugin (``sae_audit.testing``).
+Run after `pip install ./plugins/sae-audit-corruptions`; the fixtures (tiny
+model, SAE and image folder, the plugin sandbox, ``installed``) come from
+sae-audit's pytest plugin (``sae_audit.testing``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from sae_audit.cli import main
+import sae_audit_corruptions.plugin
 from sae_audit.data import open_image_set
 from sae_audit.errors import SaeAuditError
-from sae_audit.plugin_manager import PluginManager, use_plugin_manager
 from sae_audit_corruptions import CORRUPTIONS, CorruptedSet, corrupt, parse_spec
 
 
@@ -29,17 +30,15 @@ def pattern(size: int = 64) -> np.ndarray:
 
 
 @pytest.fixture()
-def installed():
-    """A plugin manager as the CLI builds it (entry points, no allow-list), made current."""
-    manager = PluginManager.from_environment(environ={})
-    with use_plugin_manager(manager):
-        yield manager
+def corruptions(sae_audit_plugins):
+    """The plugin registered in a sandbox: what these tests see does not depend on what is installed."""
+    sae_audit_plugins.register(sae_audit_corruptions.plugin, "corruptions")
+    return sae_audit_plugins
 
 
 def test_the_installed_plugin_is_discovered_through_its_entry_point(installed):
-    info = {p.name: p for p in installed.plugins()}
-    assert "corruptions" in info, "install the plugin first: pip install ./plugins/sae-audit-corruptions"
-    p = info["corruptions"]
+    p = installed.plugin("corruptions")
+    assert p is not None, "install the plugin first: pip install ./plugins/sae-audit-corruptions"
     assert (p.distribution, p.version) == ("sae-audit-corruptions", "0.1.0")
     assert p.hooks == ["sae_audit_register_commands", "sae_audit_register_image_sets",
                        "sae_audit_register_report_sections"]
@@ -47,6 +46,8 @@ def test_the_installed_plugin_is_discovered_through_its_entry_point(installed):
     from sae_audit.data.registry import image_sets
 
     assert image_sets()["corrupt"].value.family
+    listed = installed.run("sets")
+    assert listed.exit_code == 0 and "corrupt:..." in listed.stdout and "[plugin corruptions]" in listed.stdout
 
 
 def clipped_normal_std(mu: float, sigma: float) -> float:
@@ -112,38 +113,82 @@ def test_bad_specs_say_what_is_wrong(bad):
         parse_spec(bad)
 
 
-def test_corrupted_set_keeps_labels_and_is_deterministic(installed, tiny_image_folder):
+def test_corrupted_set_keeps_labels_and_is_deterministic(corruptions, tiny_image_folder):
     base = open_image_set(tiny_image_folder)
     s = open_image_set(f"corrupt:contrast:4:{tiny_image_folder}")
     assert isinstance(s, CorruptedSet)
+    assert s.name == "corrupt:contrast:4:images" == f"corrupt:contrast:4:{base.name}"  # short: no full path
+    assert s.base.name == base.name and s.registered_by == "corruptions"
     assert len(s) == len(base) == 12 and s.classes == base.classes
     assert [s.label(i) for i in range(len(s))] == [base.label(i) for i in range(len(base))]
+    assert [s.item_file(i) for i in range(len(s))] == [base.item_file(i) for i in range(len(base))]
     assert np.array_equal(np.asarray(s.load(3)), np.asarray(s.load(3)))
     assert s.describe()["corruption"]["parameter"] == 0.1
     with pytest.raises(SaeAuditError, match="severity"):
         open_image_set(f"corrupt:contrast:9:{tiny_image_folder}")
 
 
-def test_audit_with_corrupted_ood_sets_end_to_end(installed, tiny_model_dir, tiny_sae_dir, tiny_image_folder,
+def test_the_content_hash_follows_the_base(corruptions, tiny_image_folder):
+    from sae_audit.results import dataset_fingerprint
+
+    spec = f"corrupt:jpeg:2:{tiny_image_folder}"
+    before = dataset_fingerprint(open_image_set(spec))
+    assert "file sizes" in before["content_hash_of"]
+    victim = next(tiny_image_folder.rglob("*.png"))
+    victim.write_bytes(victim.read_bytes() + b"\0")  # one base file changes size
+    assert dataset_fingerprint(open_image_set(spec))["content_hash"] != before["content_hash"]
+
+
+def audit_args(model, sae, ids, ood, out):
+    return ["run", model, "--sae", sae, "--id", ids, *(a for o in ood for a in ("--ood", o)), "--out", out,
+            "--device", "cpu", "-q"]
+
+
+def test_audit_with_corrupted_ood_sets_end_to_end(corruptions, tiny_model_dir, tiny_sae_dir, tiny_image_folder,
                                                   tmp_path):
     out = tmp_path / "audit"
     ood = [f"corrupt:gaussian_noise:{s}:{tiny_image_folder}" for s in (1, 5)]
-    code = main(["run", str(tiny_model_dir), "--sae", str(tiny_sae_dir), "--id", str(tiny_image_folder),
-                 "--ood", ood[0], "--ood", ood[1], "--out", str(out), "--device", "cpu", "-q"])
-    assert code == 0
+    result = corruptions.run(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood, out))
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""  # -q: errors and --fail-on outcomes only
     results = json.loads((out / "results.json").read_text())
-    assert [d["name"] for d in results["datasets"]][1:] == ood
-    assert {"name": "corruptions", "distribution": "sae-audit-corruptions", "version": "0.1.0"} in results["plugins"]
-    fvu = [results["saes"][0]["datasets"][n]["fvu"] for n in ood]
+    names = [d["name"] for d in results["datasets"]][1:]
+    assert names == ["corrupt:gaussian_noise:1:images", "corrupt:gaussian_noise:5:images"]
+    assert [p["name"] for p in results["plugins"]] == ["builtin", "corruptions"]
+    fvu = [results["saes"][0]["datasets"][n]["fvu"] for n in names]
     md = (out / "report.md").read_text()
     assert "## Corruption severity" in md and "Section not rendered" not in md
-    assert f"{fvu[1]:.4f}" in md
+    assert f"{fvu[1]:.4f}" in md and "This section comes from plugin 'corruptions'" in md
     assert "Corruption severity" in (out / "report.html").read_text()
 
 
-def test_corruption_grid_command(installed, tiny_image_folder, tmp_path):
+def test_the_installed_plugin_end_to_end(installed, tiny_model_dir, tiny_sae_dir, tiny_image_folder, tmp_path):
+    out = tmp_path / "audit"
+    ood = [f"corrupt:contrast:5:{tiny_image_folder}"]
+    result = installed.run(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, ood, out))
+    assert result.exit_code == 0, result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert {"name": "corruptions", "distribution": "sae-audit-corruptions", "version": "0.1.0"} in results["plugins"]
+
+
+def test_a_plugin_that_adds_nothing_to_a_run_is_not_listed(corruptions, tiny_model_dir, tiny_sae_dir,
+                                                           tiny_image_folder, tmp_path):
+    from sae_audit.testing import make_image_folder
+
+    ood = make_image_folder(tmp_path / "plain", n_per_class=2, classes=("a", "b"), seed=3)
+    out = tmp_path / "audit"
+    assert corruptions.run(*audit_args(tiny_model_dir, tiny_sae_dir, tiny_image_folder, [ood], out)).exit_code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [p["name"] for p in results["plugins"]] == ["builtin"]
+    assert "Corruption severity" not in (out / "report.md").read_text()
+
+
+def test_corruption_grid_command(corruptions, tiny_image_folder, tmp_path):
     png = tmp_path / "grid.png"
-    assert main(["corruption-grid", str(tiny_image_folder), "--kind", "jpeg", "--n", "2", "--size", "20",
-                 "--out", str(png)]) == 0
+    result = corruptions.run("corruption-grid", tiny_image_folder, "--kind", "jpeg", "--n", "2", "--size", "20",
+                             "--out", png)
+    assert result.exit_code == 0 and result.stderr.startswith(f"wrote {png}")
     assert Image.open(png).size == (120, 40)
-    assert main(["corruption-grid", str(tiny_image_folder), "--n", "0", "--out", str(png)]) == 2
+    assert corruptions.run("corruption-grid", tiny_image_folder, "--n", "1", "--out", png, "-q").stderr == ""
+    bad = corruptions.run("corruption-grid", tiny_image_folder, "--n", "0", "--out", png)
+    assert bad.exit_code == 2 and bad.errors == ["sae-audit: error: --n and --size must be positive"]

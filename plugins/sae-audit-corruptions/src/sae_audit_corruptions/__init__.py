@@ -99,7 +99,9 @@ class CorruptedSet(ImageSet):
     """Every image of ``base`` with one corruption at one severity (lazy, deterministic).
 
     Labels and classes are the base set's; the noise of image ``i`` is seeded
-    by ``(seed, i)``.
+    by ``(seed, i)``. The name is built from the base set's short name
+    (``corrupt:jpeg:3:digits``; a folder's base name, never its full path);
+    provenance follows ``base`` (image ``i`` is the base's image ``i``).
 
     Raises:
         SaeAuditError: unknown kind or severity outside 1..5.
@@ -123,6 +125,9 @@ class CorruptedSet(ImageSet):
 
     def item_id(self, i: int) -> str:
         return f"{self.base.item_id(i)} [{self.kind}@{self.severity}]"
+
+    def item_file(self, i: int):
+        return self.base.item_file(i)
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

