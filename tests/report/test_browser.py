@@ -9,6 +9,9 @@ folder), else to pytest's temporary folder.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +114,35 @@ def test_explorer_sorts_and_filters_with_javascript(pictures_dir, tmp_path):
         assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "WARNING")] == []
     finally:
         driver.quit()
+
+
+def _screenshots(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "screenshots.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_screenshots_script_refuses_a_folder_without_pages(tmp_path):
+    done = _screenshots(tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "report.html does not exist" in done.stderr and "Traceback" not in done.stderr
+    done = _screenshots(tmp_path, "--render")  # no results.json either: one message, exit 2
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "results.json" in done.stderr
+
+
+@pytest.mark.slow
+def test_screenshots_script_renders_checks_and_shoots_a_results_folder(pictures_dir, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    shutil.copy(pictures_dir / "results.json", folder)
+    done = _screenshots(folder, "--render")
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = {f"{page}-{w}px-{m}-first-screen.png" for page in ("report", "latents") for w in browser.WIDTHS
+                for m in ("js", "nojs")}
+    assert {p.name for p in (folder / "screenshots").iterdir()} == expected
+    assert sorted(p.name for p in folder.iterdir()) == ["results.json", "screenshots"]  # pages rendered elsewhere
+    for name in expected:
+        assert f"{name}: ok" in done.stdout
+        with Image.open(folder / "screenshots" / name) as im:  # one screen: the window's width and height
+            assert im.width == int(name.split("-")[1][:-2]) and 600 <= im.height <= 1000, (name, im.size)
