@@ -67,9 +67,9 @@ def coverage_cell(row: dict) -> str:
     divergence when something is shifted; parts joined by `` · ``."""
     n = len(row["metrics"])
     if "unavailable" in row["floor"]:
-        head = f"no verdict: noise floor unavailable ({row['floor']['unavailable']})"
+        head = "no verdict (no noise floor)"  # the reason is in the table's note
     elif not row["shifted"] and not row["not_shifted"]:
-        head = "no verdict: no interval"
+        head = "no verdict (no interval)"
     elif row["shifted"]:
         head = f"SHIFTED on {len(row['shifted'])} of {n} metrics"
     else:
@@ -110,11 +110,13 @@ def verdict_table(results: dict) -> Table:
         d = s["datasets"][id_name]
         rows.append([s["label"], fmt_ci(d.get("fvu"), (d.get("intervals") or {}).get("fvu"), METRICS["fvu"])]
                     + [coverage_cell(cells[(s["label"], ood)]) for ood in ood_names])
+    reasons = sorted({r["floor"]["unavailable"] for r in cells.values() if "unavailable" in r["floor"]})
+    why = "".join(f"No noise floor: {r}. " for r in reasons)
     return Table(
         "At a glance. Verdict: shift beyond the ID-vs-ID noise floor, per SAE and OOD set (value [95% interval]; "
         "floor = the same metric between two halves of the ID set)",
         ["SAE", f"FVU on {id_name} (ID) [95% interval]"] + [f"{ood} (OOD)" for ood in ood_names], rows,
-        note="A metric is SHIFTED when its 95% interval lies entirely beyond its floor's in its bad direction "
+        note=why + "A metric is SHIFTED when its 95% interval lies entirely beyond its floor's in its bad direction "
              "(the rule is under the verdict below). FVU gap = FVU_OOD − FVU_ID (lower is better), JS divergence "
              "of the latents' firing frequencies in bits (lower is better), shared alive = share of the ID-alive "
              "latents that also fire on the OOD set (higher is better), OOD-only = latents that fire only out of "

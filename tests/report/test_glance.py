@@ -4,6 +4,7 @@ model is named: hub id, --model-name, a local card's model_name, never a path.""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,11 +20,6 @@ from tests.report.htmlcheck import Page
 from tests.report.test_render import check_structure, markdown_to_html
 
 
-def _ci(v, iv, pct=False):
-    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
-    return f"{f(v)} [{f(iv[0])}, {f(iv[1])}]"
-
-
 def test_verdict_table_holds_the_values_and_intervals_of_every_sae_and_ood_set(results):
     t = verdict_table(results)
     id_name = next(d["name"] for d in results["datasets"] if d["role"] == "id")
@@ -32,15 +28,20 @@ def test_verdict_table_holds_the_values_and_intervals_of_every_sae_and_ood_set(r
     assert [r[0] for r in t.rows] == [s["label"] for s in results["saes"]]
     for row, s in zip(t.rows, results["saes"]):
         d = s["datasets"][id_name]
-        assert row[1] == _ci(d["fvu"], d["intervals"]["fvu"])
+        assert [float(v) for v in re.fullmatch(r"(\S+) \[(\S+), (\S+)\]", row[1]).groups()] == pytest.approx(
+            [d["fvu"], *d["intervals"]["fvu"]], abs=6e-4)
         for ood, cell in zip(ood_names, row[2:]):
             pair = next(p for p in s["pairs"] if p["ood"] == ood)
             # the tiny ID set (12 images) is too small to split: no floor, so no verdict, values still shown
             assert "unavailable" in s["noise_floor"]
-            assert cell.startswith("no verdict: noise floor unavailable (") and "SHIFTED" not in cell
-            assert f"FVU gap {_ci(pair['fvu_gap'], pair['intervals']['fvu_gap'])}" in cell
-            assert f"shared alive {_ci(pair['shared_alive'], pair['intervals']['shared_alive'], pct=True)}" in cell
+            assert cell.startswith("no verdict (no noise floor)") and "SHIFTED" not in cell
+            gap = re.search(r"FVU gap (\S+) \[(\S+), (\S+)\] ·", cell).groups()
+            assert [float(v) for v in gap] == pytest.approx([pair["fvu_gap"], *pair["intervals"]["fvu_gap"]], abs=6e-4)
+            shared = re.search(r"shared alive (\S+)% \[(\S+)%, (\S+)%\]", cell).groups()
+            assert [float(v) / 100 for v in shared] == pytest.approx(
+                [pair["shared_alive"], *pair["intervals"]["shared_alive"]], abs=6e-4)
             assert f"OOD-only latents {pair['n_ood_only']} [" in cell
+    assert t.note.startswith(f"No noise floor: {results['saes'][0]['noise_floor']['unavailable']}. A metric")
 
 
 def _with_floor(results, fvu_gap, js, shared):
