@@ -113,10 +113,11 @@ def verdict_table(results: dict) -> Table:
     reasons = sorted({r["floor"]["unavailable"] for r in cells.values() if "unavailable" in r["floor"]})
     why = "".join(f"No noise floor: {r}. " for r in reasons)
     return Table(
-        "At a glance. Verdict: shift beyond the ID-vs-ID noise floor, per SAE and OOD set (value [95% interval]; "
-        "floor = the same metric between two halves of the ID set)",
+        "At a glance: shift beyond the noise floor",  # short: it must fit a phone's width; the note explains
         ["SAE", f"FVU on {id_name} (ID) [95% interval]"] + [f"{ood} (OOD)" for ood in ood_names], rows,
-        note=why + "A metric is SHIFTED when its 95% interval lies entirely beyond its floor's in its bad direction "
+        note=why + "Verdict: shift beyond the ID-vs-ID noise floor per SAE and OOD set, each metric as value "
+             "[95% interval] beside its floor (the same metric between two disjoint halves of the ID set). "
+             "A metric is SHIFTED when its 95% interval lies entirely beyond its floor's in its bad direction "
              "(the rule is under the verdict below). FVU gap = FVU_OOD − FVU_ID (lower is better), JS divergence "
              "of the latents' firing frequencies in bits (lower is better), shared alive = share of the ID-alive "
              "latents that also fire on the OOD set (higher is better), OOD-only = latents that fire only out of "

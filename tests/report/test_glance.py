@@ -41,7 +41,7 @@ def test_verdict_table_holds_the_values_and_intervals_of_every_sae_and_ood_set(r
             assert [float(v) / 100 for v in shared] == pytest.approx(
                 [pair["shared_alive"], *pair["intervals"]["shared_alive"]], abs=6e-4)
             assert f"OOD-only latents {pair['n_ood_only']} [" in cell
-    assert t.note.startswith(f"No noise floor: {results['saes'][0]['noise_floor']['unavailable']}. A metric")
+    assert t.note.startswith(f"No noise floor: {results['saes'][0]['noise_floor']['unavailable']}. Verdict: ")
 
 
 def _with_floor(results, fvu_gap, js, shared):
@@ -87,7 +87,7 @@ def test_the_summary_has_one_verdict_table(results):
                           shared=([0.5, 0.6], [0.8, 0.9], True))
     summary = build_view(results).sections[0]
     tables = [b for b in summary.blocks if hasattr(b, "rows")]
-    assert [t.caption.split(".")[0] for t in tables] == ["At a glance", "Setup"]
+    assert [t.caption.split(":")[0] for t in tables] == ["At a glance", "Setup"]
     md = render_reports(results, formats=("md",))["report.md"]
     assert md.count("Verdict: shift beyond the ID-vs-ID noise floor") == 1
 
