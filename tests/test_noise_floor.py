@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,29 @@ def test_report_and_json_summary_carry_the_verdict(audit, tmp_path, capsys):
     assert row["metrics"]["fvu_gap"]["interval"][0] > row["metrics"]["fvu_gap"]["floor_interval"][1]
     assert [c["holds"] for c in out["fail_on"]] == [True, False]
     assert "fvu_gap" in out["fail_on"][0]["matches"][0]["metrics"]
+
+
+def test_the_first_screen_table_carries_the_verdict(audit):
+    """The report's first table (issue 14's glance table) says per OOD set what the flags of the results say."""
+    from sae_audit.report.glance import verdict_table
+
+    results = audit["results"]
+    s = results["saes"][0]
+    t = verdict_table(results)
+    cells = dict(zip(t.header[2:], t.rows[0][2:]))
+    flags = {p["ood"]: p["shifted"] for p in s["pairs"]}
+    for name, entry in s["suites"].items():
+        for p in entry.get("pairs") or []:
+            flags[p["ood"]] = {**flags[p["ood"]], **(p.get("shifted") or {})}
+    n_other = sum(v is True for v in flags["other"].values())
+    assert cells["other (OOD)"].startswith(f"SHIFTED on {n_other} of {len(flags['other'])} metrics")
+    assert cells["same (OOD)"].startswith(f"not shifted on any of {len(flags['same'])} metrics")
+    pair = next(p for p in s["pairs"] if p["ood"] == "other")
+    shown = re.search(r"FVU gap (\S+) \[(\S+), (\S+)\] \(floor (\S+) \[(\S+), (\S+)\]\): SHIFTED", cells["other (OOD)"])
+    floor = s["noise_floor"]
+    assert [float(v) for v in shown.groups()] == pytest.approx(
+        [pair["fvu_gap"], *pair["intervals"]["fvu_gap"], floor["fvu_gap"], *floor["intervals"]["fvu_gap"]], abs=6e-4)
+    assert "fidelity gap" in cells["other (OOD)"] and "carried by latents" in cells["other (OOD)"]
 
 
 def test_fail_on_interval_bounds_shifted_flags_and_suite_metrics(audit):

@@ -58,8 +58,9 @@ def add(parser: argparse.ArgumentParser, flag: str, cls: type, name: str, *, fie
     return action
 
 
-def add_model_options(p: argparse.ArgumentParser, model_optional: bool = False) -> None:
-    """The model positional and ``--revision --device --dtype --image-size --trust-remote-code``."""
+def add_model_options(p: argparse.ArgumentParser, model_optional: bool = False, naming: bool = False) -> None:
+    """The model positional and ``--revision --device --dtype --image-size --trust-remote-code``
+    (and ``--model-name`` when ``naming``: commands that write reports)."""
     if model_optional:
         add(p, "model", ModelSpec, "name", field="model", nargs="?",
             help_extra=" (omit it with --cache)", default=None, metavar="MODEL")
@@ -71,6 +72,8 @@ def add_model_options(p: argparse.ArgumentParser, model_optional: bool = False) 
     add(p, "--dtype", ModelSpec, "dtype")
     add(p, "--image-size", ModelSpec, "image_size", type=int)
     add(p, "--trust-remote-code", ModelSpec, "trust_remote_code", action="store_true")
+    if naming:
+        add(p, "--model-name", ModelSpec, "display_name", dest="display_name")
 
 
 def add_image_options(p: argparse.ArgumentParser) -> None:
@@ -89,7 +92,8 @@ def add_quiet(p: argparse.ArgumentParser) -> None:
 
 def model_spec(args) -> ModelSpec:
     return ModelSpec(args.model, revision=args.revision, device=args.device, dtype=args.dtype,
-                     image_size=args.image_size, trust_remote_code=args.trust_remote_code)
+                     image_size=args.image_size, trust_remote_code=args.trust_remote_code,
+                     display_name=getattr(args, "display_name", None))
 
 
 def image_options(args) -> ImageOptions:

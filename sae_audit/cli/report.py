@@ -16,11 +16,13 @@ EXIT_OK = 0
 def configure(sub, show_help) -> None:
     report = sub.add_parser("report", help="render reports from a results.json")
     rsub = report.add_subparsers(dest="report_command", metavar="SUBCOMMAND")
-    render = rsub.add_parser("render", help="render report.md / report.html from results.json alone",
-                             description="Render the Markdown and HTML reports from a results.json "
-                                         "(no model or images needed).")
+    render = rsub.add_parser("render", help="render report.md / report.html / latents.html from results.json alone",
+                             description="Render the Markdown and HTML reports (with the latent explorer "
+                                         "latents.html beside the HTML) from a results.json (no model or "
+                                         "images needed).")
     render.add_argument("results", metavar="RESULTS_JSON", help="a results.json written by `sae-audit run`")
-    render.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, figures/ and report.html")
+    render.add_argument("--out", required=True, metavar="DIR",
+                        help="folder for report.md, figures/, report.html and latents.html")
     render.add_argument("--overwrite", action="store_true",
                         help="replace report files in --out if it already holds any (results.json is never touched)")
     render.add_argument("--format", default="md,html", help="comma-separated: md, html (default md,html)")
@@ -117,7 +119,8 @@ def cmd_card(args) -> int:
     if args.push:
         files = {f"sae-audit/{p.relative_to(report_dir).as_posix()}": p
                  for p in [report_dir / "results.json", report_dir / "report.md", report_dir / "report.html",
-                           *sorted((report_dir / "figures").glob("*.png"))] if p.is_file()}
+                           report_dir / "latents.html", *sorted((report_dir / "figures").glob("*.png"))]
+                 if p.is_file()}
         url = push_card(args.push, path, files, create_pr=not args.no_pr, revision=args.revision)
         info(args, f"pushed {len(files) + 1} file(s) to {args.push}: {url}")
     return EXIT_OK

@@ -35,7 +35,7 @@ def configure(sub) -> None:
         description="Run the coverage audit of one or more SAEs on an in-distribution set and one or "
                     "more out-of-distribution sets. Writes results.json, report.md and report.html to --out.",
     )
-    add_model_options(run)
+    add_model_options(run, naming=True)
     add_image_options(run)
     add(run, "--sae", AuditRequest, "saes", action="append", required=True, help_extra=" (repeat for several)")
     add(run, "--id", AuditRequest, "id_set", dest="id_set", required=True)

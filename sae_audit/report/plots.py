@@ -24,9 +24,26 @@ def _t(text) -> str:
     return str(text).replace("$", r"\$")
 
 
+def wrap(text, width: int) -> str:
+    """``text`` broken into lines of at most ``width`` characters (long names break anywhere)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(str(text), width, break_on_hyphens=False)) or " "
+
+
+def legend_below(fig, ax, n: int, **kw) -> None:
+    """The legend of ``ax`` under the axes, outside the data (a figure made with ``layout="constrained"``),
+    in as many columns as its longest label lets fit in the figure's width (8 pt text)."""
+    handles, labels = ax.get_legend_handles_labels()
+    longest = max((len(label) for label in labels), default=1)
+    fit = int(fig.get_figwidth() * 72 // ((longest + 6) * 4.8))
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(n, 3, fit)), fontsize=8,
+               frameon=False, **kw)
+
+
 def frequency_histogram(sae_entry: dict, dataset_names: list[str]):
     """Step histograms of ``log10 f_j`` (alive latents) for each dataset of one SAE."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100, layout="constrained")
     for i, name in enumerate(dataset_names):
         h = sae_entry["datasets"][name]["log10_frequency_hist"]
         edges = np.asarray(h["edges"])
@@ -36,31 +53,8 @@ def frequency_histogram(sae_entry: dict, dataset_names: list[str]):
     ax.set_xlabel("log10 firing frequency")
     ax.set_ylabel("latents")
     ax.set_title(_t(f"Firing frequencies: {sae_entry['label']}"), fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    return fig
-
-
-def frequency_scatter(sae_entry: dict, id_name: str, ood_names: list[str]):
-    """ID frequency vs OOD frequency per latent (log-log; dead latents pinned at the floor)."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=100)
-    f_id = np.asarray(sae_entry["datasets"][id_name]["frequencies"])
-    floor = 1e-7
-    markers = ["o", "s", "^", "D"]
-    for i, name in enumerate(ood_names):
-        f_ood = np.asarray(sae_entry["datasets"][name]["frequencies"])
-        ax.scatter(np.maximum(f_id, floor), np.maximum(f_ood, floor), s=5, alpha=0.45,
-                   color=COLOURS[(i + 1) % len(COLOURS)], marker=markers[i % len(markers)], label=_t(name),
-                   linewidths=0)
-    ax.plot([floor, 1], [floor, 1], color="#444", linewidth=0.8, linestyle="--", label="equal frequency")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel(_t(f"frequency on {id_name} (ID)"))
-    ax.set_ylabel("frequency on OOD set")
-    ax.set_title(_t(f"Per-latent frequency: {sae_entry['label']}"), fontsize=10)
-    ax.legend(fontsize=8, frameon=False, markerscale=3)
-    fig.tight_layout()
+    legend_below(fig, ax, len(dataset_names))
     return fig
 
 
@@ -71,7 +65,7 @@ def reconstruction_bars(results: dict):
     """Grouped bars: FVU of each SAE (one hatch pattern each) on each image set, value printed on top."""
     names = [d["name"] for d in results["datasets"]]
     saes = results["saes"]
-    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100, layout="constrained")
     width = 0.8 / max(1, len(saes))
     x = np.arange(len(names))
     for i, s in enumerate(saes):
@@ -83,17 +77,17 @@ def reconstruction_bars(results: dict):
         for b, v in zip(bars, vals):
             ax.annotate("n/a" if v is None else f"{v:.3f}", (b.get_x() + b.get_width() / 2, b.get_height()),
                         ha="center", va="bottom", fontsize=7, xytext=(0, 1), textcoords="offset points")
-    ax.set_xticks(x, [_t(f"{n}\n({d['role'].upper()})") for n, d in zip(names, results["datasets"])], fontsize=8)
+    ax.set_xticks(x, [_t(wrap(n, 16) + f"\n({d['role'].upper()})") for n, d in zip(names, results["datasets"])],
+                  fontsize=7)
     ax.set_ylabel("FVU (lower is better)")
     ax.set_title("Reconstruction per image set", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
+    legend_below(fig, ax, len(saes))
     return fig
 
 
 def to_png_bytes(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     return buf.getvalue()

@@ -1,6 +1,7 @@
 """The report's built-in sections and the whole view, from the results document alone.
 
-:func:`build_view` lays the report out: summary (the verdict), the SAEs,
+:func:`build_view` lays the report out: summary (the at-a-glance table and small multiples of
+:mod:`sae_audit.report.glance`, then the verdict in words), the SAEs,
 ID vs OOD coverage, reconstruction, the audit suites' sections
 (:mod:`sae_audit.report.suite_sections`), shifted latents, plugins' sections
 (:mod:`sae_audit.report.plugin_sections`), then method and provenance.
@@ -11,8 +12,9 @@ from __future__ import annotations
 from typing import Callable
 
 from sae_audit.report import suite_sections
+from sae_audit.report.glance import glance_blocks, model_name, name_of
 from sae_audit.report.plugin_sections import plugin_sections
-from sae_audit.report.verdict import fmt_ci, verdict, verdict_table
+from sae_audit.report.verdict import fmt_ci, verdict
 from sae_audit.report.view import Bullets, Details, Figure, Section, Table, View, direction, fmt
 from sae_audit.results.metric_info import metrics_of
 from sae_audit.results.shift import RULE
@@ -42,7 +44,8 @@ def _pair(sae: dict, ood: str) -> dict:
 def _setup_table(results: dict) -> Table:
     model = results["model"]
     rows = [
-        ["model", f"{model['name']} ({model['family']}, {model['num_blocks']} blocks, d_model {model['d_model']})"],
+        ["model", f"{model_name(results)} ({model['family']}, {model['num_blocks']} blocks, "
+                  f"d_model {model['d_model']})"],
         ["revision", str(model.get("revision") or "n/a")],
         ["input resolution", f"{model.get('image_size')} px"],
         ["device / dtype", f"{model.get('device')} / {model.get('dtype')}"],
@@ -67,7 +70,7 @@ def _sae_table(results: dict) -> Table:
             mismatched.append(f"{s['label']} was trained at {px} px")
         rows.append([
             s["label"], s["hook_point"], f"{c['d_in']} → {c['d_sae']}", str(c["k"]),
-            f"{c.get('lambda_off', 0):g}", f"{c.get('lambda_ratio', 0):g}", str(c.get("model") or "n/a"),
+            f"{c.get('lambda_off', 0):g}", f"{c.get('lambda_ratio', 0):g}", name_of(results, c.get("model")),
             f"{px} px" if px is not None else "n/a", s["spec"],
         ])
     note = ""
@@ -105,6 +108,13 @@ def _coverage_section(results: dict) -> Section:
         "the pair is shifted beyond the floor. Each metric's label says which direction is better, where one is.",
         _floor_note(results),
     ]
+    for i, s in enumerate(saes):
+        blocks.append(Figure(
+            f"frequency-hist-{i}",
+            f"Step histograms of log10 firing frequency of the alive latents of {s['label']}, one line style per "
+            f"image set ({', '.join([id_name] + ood_names)}); dead latents are counted in the legend.",
+            lambda s=s: plots.frequency_histogram(s, [id_name] + ood_names),
+        ))
     header = ["metric"]
     for s in saes:
         header += [f"{s['label']}: value [95% CI]", f"{s['label']}: ID-vs-ID floor", f"{s['label']}: shifted?"]
@@ -121,19 +131,6 @@ def _coverage_section(results: dict) -> Section:
                 row.append(_shift_text((p.get("shifted") or {}).get(m.key)) if m.shift is not None else "")
             rows.append(row)
         blocks.append(Table(f"{id_name} (ID) vs {ood} (OOD)", header, rows))
-    for i, s in enumerate(saes):
-        blocks.append(Figure(
-            f"frequency-hist-{i}",
-            f"Step histograms of log10 firing frequency of the alive latents of {s['label']}, one line style per "
-            f"image set ({', '.join([id_name] + ood_names)}); dead latents are counted in the legend.",
-            lambda s=s: plots.frequency_histogram(s, [id_name] + ood_names),
-        ))
-        blocks.append(Figure(
-            f"frequency-scatter-{i}",
-            f"Per-latent firing frequency on {id_name} (x) against each OOD set (y, one marker shape per set) "
-            f"for {s['label']}, log-log; points above the dashed diagonal fire more often out of distribution.",
-            lambda s=s: plots.frequency_scatter(s, id_name, ood_names),
-        ))
     return Section("coverage", "ID vs OOD coverage", blocks)
 
 
@@ -221,6 +218,7 @@ def _provenance_tables(results: dict) -> list[Table]:
         ["created", str(results.get("created"))],
         ["results schema", str(results.get("schema_version"))],
         ["model revision", str(results["model"].get("revision") or "n/a")],
+        ["model loaded from", str(results["model"]["name"])],
     ]
     if prov:
         rows.append(["Python / platform", f"{prov.get('python')} / {prov.get('platform')}"])
@@ -241,8 +239,10 @@ def _provenance_tables(results: dict) -> list[Table]:
 
 def build_view(results: dict) -> View:
     """The report's content, from the results document alone."""
-    model = results["model"]
-    summary = Section("summary", "Summary", [Bullets(verdict(results)), verdict_table(results), _setup_table(results)])
+    # The first screen: the verdict table (SAE x OOD set: shift beyond the noise floor) and the small
+    # multiples (sae_audit.report.glance), then the verdict in words.
+    summary = Section("summary", "Summary", [*glance_blocks(results), Bullets(verdict(results)),
+                                             _setup_table(results)])
     sections = [
         summary,
         Section("saes", "SAEs", [_sae_table(results)]),
@@ -254,7 +254,7 @@ def build_view(results: dict) -> View:
     sections.append(_latents_section(results))
     sections += plugin_sections(results)
     sections.append(Section("method", "Method and provenance", [*METHOD, *_provenance_tables(results)]))
-    title = f"SAE audit of {model['name']}"
+    title = f"SAE audit of {model_name(results)}"
     subtitle = ("Coverage of sparse-autoencoder latents, in-distribution vs out-of-distribution. "
                 f"Generated by sae-audit {results.get('tool', {}).get('version', '?')} on {results.get('created')}.")
     return View(title, subtitle, sections)

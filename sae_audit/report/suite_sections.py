@@ -3,15 +3,13 @@ detection, latent pictures), computed from the results document alone.
 
 - :func:`suite_tables` -> :class:`~sae_audit.report.view.Table` s, SAEs side by side;
 - :func:`suite_figures` -> ``(name, matplotlib figure, alt text)`` like the report's other figures;
-- :func:`suite_pictures` -> galleries of the latent thumbnails (base64 PNG from ``results.json``),
-  each picture with its HTML data URI and the relative path the Markdown report uses;
-- :func:`thumbnail_files` -> ``{relative path: PNG bytes}`` for the Markdown report's ``figures/``.
+- galleries of the latent pictures with their patch heatmaps: :mod:`sae_audit.report.galleries`.
 """
 
 from __future__ import annotations
 
-import base64
-
+from sae_audit.report.galleries import report_galleries
+from sae_audit.report.glance import model_name, name_of
 from sae_audit.report.verdict import fmt_ci
 from sae_audit.report.view import Table, fmt
 
@@ -99,7 +97,9 @@ def suite_tables(results: dict) -> list[Table]:
                     for s in saes])
             rows.append([f"{name}: latents scored"] + [
                 _cell((_suite(s, "monosemanticity") or {}).get("datasets", {}).get(name), "n_scored") for s in saes])
-        judge = results.get("settings", {}).get("judge", "the audited model")
+        judge = results.get("settings", {}).get("judge")
+        judge = f"{model_name(results)} (the audited model)" if judge in (None, results["model"]["name"]) \
+            else name_of(results, judge)
         tables.append(Table(
             "Monosemanticity score over scored latents, value [95% interval] (higher: a latent's top images look "
             "alike)",
@@ -187,7 +187,9 @@ def _curves(curves, title: str, xlabel: str, ylabel: str, vline=None, hline=None
 
     from sae_audit.report.plots import COLOURS, STYLES
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.4), dpi=100)
+    from sae_audit.report.plots import legend_below
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.8), dpi=100, layout="constrained")
     for j, label, xs, ys in curves:
         y = np.array([np.nan if v is None else v for v in ys], dtype=float)
         ax.plot(xs, y, marker="o", color=COLOURS[j % len(COLOURS)], linestyle=STYLES[j % len(STYLES)], label=label)
@@ -199,9 +201,8 @@ def _curves(curves, title: str, xlabel: str, ylabel: str, vline=None, hline=None
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
+    legend_below(fig, ax, len(curves) + (vline is not None) + (hline is not None))
     return fig
 
 
@@ -239,81 +240,31 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in str(text)).strip("-")[:40] or "set"
 
 
-def suite_pictures(results: dict) -> list[dict]:
-    """Galleries: ``[{"caption", "latents": [{"title", "id": [pic], "ood": [pic]}]}]``.
-
-    Each ``pic`` is ``{"src": data URI, "path": figures/... relative path, "alt": text}``
-    (``src``/``path`` are ``None`` when the image could not be read back).
-    """
-    galleries = []
-    for i, s in enumerate(results["saes"]):
-        entry = _suite(s, "pictures")
-        if not entry:
-            continue
-        for p_i, pair in enumerate(entry.get("pairs", [])):
-            latents = []
-            for lat in pair["latents"]:
-                row = {"title": f"latent {lat['latent']} ({lat['why']}): f ID {fmt(lat['freq_id'], 4)}, "
-                                f"f OOD {fmt(lat['freq_ood'], 4)}, log10 shift {fmt(lat['log10_shift'], 2)}"}
-                for side, set_name in (("id", pair["id"]), ("ood", pair["ood"])):
-                    pics = []
-                    for rank, pic in enumerate(lat[side]):
-                        alt = (f"{set_name} image {pic['item']}, activation {fmt(pic['activation'])} "
-                               f"of latent {lat['latent']}")
-                        has = pic.get("png") is not None
-                        pics.append({
-                            "src": f"data:image/png;base64,{pic['png']}" if has else None,
-                            "path": f"figures/thumbs/s{i}-p{p_i}-l{lat['latent']}-{side}{rank}.png" if has else None,
-                            "alt": alt, "png": pic.get("png"),
-                        })
-                    row[side] = pics
-                latents.append(row)
-            galleries.append({"caption": f"{s['label']}: top images of shifted latents, {pair['id']} (ID, left) "
-                                         f"vs {pair['ood']} (OOD, right)", "latents": latents})
-    return galleries
-
-
-def thumbnail_files(results: dict) -> dict[str, bytes]:
-    """``{relative path: PNG bytes}`` of every thumbnail :func:`suite_pictures` references."""
-    files = {}
-    for g in suite_pictures(results):
-        for lat in g["latents"]:
-            for side in ("id", "ood"):
-                for pic in lat[side]:
-                    if pic["path"]:
-                        files[pic["path"]] = base64.b64decode(pic["png"])
-    return files
+def plotted(table: Table) -> bool:
+    """Whether a suite table repeats a figure of :func:`suite_figures` (the report folds it away)."""
+    return table.caption.startswith(("Linear-probe accuracy", "k-robustness on"))
 
 
 def sections(results: dict) -> list:
     """The suites' report sections (the hook :mod:`sae_audit.report.view` looks for).
 
-    "Audit suites": the tables and figures above, SAEs side by side;
+    "Audit suites": the figures above, then the tables that no figure shows, SAEs side by side,
+    then the tables of the plotted values folded away;
     "Latent pictures": per SAE and ID/OOD pair, one gallery per shifted or
     OOD-only latent with its top ID images first and top OOD images after.
     """
-    from sae_audit.report.view import Details, Figure, Gallery, Image, Section
+    from sae_audit.report.view import Details, Figure, Section
 
     out = []
-    blocks: list = list(suite_tables(results))
-    for name, fig, alt in suite_figures(results):
-        blocks.append(Figure(name, alt, lambda fig=fig: fig))
+    tables = suite_tables(results)
+    blocks: list = [Figure(name, alt, lambda fig=fig: fig) for name, fig, alt in suite_figures(results)]
+    blocks += [t for t in tables if not plotted(t)]
+    folded = [t for t in tables if plotted(t)]
+    if folded:
+        blocks.append(Details("The plotted values as tables (k-robustness, linear probing)", folded))
     if blocks:
         out.append(Section("suites", "Audit suites", blocks))
-    groups = []
-    for g_i, g in enumerate(suite_pictures(results)):
-        galleries = []
-        for l_i, lat in enumerate(g["latents"]):
-            images = []
-            for side, label in (("id", "ID"), ("ood", "OOD")):
-                for rank, pic in enumerate(lat[side]):
-                    if pic["png"] is None:
-                        continue
-                    images.append(Image(f"thumb-{g_i}-{l_i}-{side}{rank}", pic["alt"],
-                                        base64.b64decode(pic["png"]), caption=f"{label} #{rank + 1}"))
-            galleries.append(Gallery(lat["title"], images, note="" if images else "no image could be read back"))
-        if galleries:
-            groups.append(Details(g["caption"], galleries))
+    groups = report_galleries(results)
     if groups:
         out.append(Section("pictures", "Latent pictures", groups))
     return out

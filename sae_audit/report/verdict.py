@@ -4,14 +4,15 @@
 95% interval, the ID-vs-ID noise floor and the ``shifted`` flag
 (:mod:`sae_audit.results.shift`), the downstream fidelity gap and the latents
 that carry most of the JS divergence. :func:`verdict` turns them into a few
-plain sentences and :func:`verdict_table` into one compact table; ``sae-audit
-run --format json`` prints the rows.
+plain sentences and :func:`sae_audit.report.glance.verdict_table` into the
+report's first table (SAE x OOD set); ``sae-audit run --format json`` prints
+the rows.
 """
 
 from __future__ import annotations
 
 from sae_audit.report.metric_verdict import suite_metric_verdict
-from sae_audit.report.view import Table, fmt
+from sae_audit.report.view import fmt
 from sae_audit.results.metric_info import METRICS, MetricInfo, document_metrics
 from sae_audit.results.shift import RULE
 
@@ -203,34 +204,6 @@ def _best_gap(results: dict, ood: str) -> str:
     else:
         said = "intervals unavailable"
     return f"Smallest FVU gap: {best[1]} {fmt_ci(best[0], best[2], info)} (vs {others}); {said}."
-
-
-def verdict_table(results: dict) -> Table:
-    """One compact table: per SAE and OOD set, the count of shifted metrics, FVU gap, JS divergence and
-    fidelity gap with intervals and floors, and the latents behind the shift."""
-    rows = []
-    for row in shift_rows(results):
-        by_key = {c["key"]: c for c in row["metrics"]}
-
-        def cell(key: str) -> str:
-            c = by_key.get(key)
-            if c is None:
-                return "not run"
-            mark = " (shifted)" if c["shifted"] else ""
-            return (f"{fmt_ci(c['value'], c['interval'], c['info'])}{mark}; floor "
-                    f"{fmt_ci(c['floor_value'], c['floor_interval'], c['info'])}")
-
-        n = len(row["metrics"])
-        count = "n/a" if "unavailable" in row["floor"] or (row["unavailable"] and not row["not_shifted"]
-                                                             and not row["shifted"]) \
-            else f"{len(row['shifted'])} of {n}"
-        lat = ", ".join(f"{r['latent']} ({100 * r['share']:.0f}%)" for r in row["top_latents"]
-                        if r.get("share") is not None) or "none"
-        rows.append([row["sae"], row["ood"], count, cell("fvu_gap"), cell("js_divergence"), cell("fidelity_gap"), lat])
-    return Table("Verdict: shift beyond the ID-vs-ID noise floor (value [95% interval]; floor = the same metric "
-                 "between two halves of the ID set)",
-                 ["SAE", "OOD set", "metrics shifted", "FVU gap", "JS divergence (bits)", "fidelity gap",
-                  "latents carrying the JS divergence (share)"], rows)
 
 
 def summary_json(results: dict) -> list[dict]:

@@ -57,12 +57,29 @@ class Figure:
 
 @dataclass
 class Image:
-    """A raster image (PNG bytes) with its alt text, e.g. one thumbnail."""
+    """A raster image (PNG bytes) with its alt text, e.g. one thumbnail.
+
+    ``overlay``: optional PNG of the same image with a heatmap drawn over it
+    (shown beside the original, with ``overlay_alt``; a file ``<name>-map.png``
+    in Markdown).
+    """
 
     name: str
     alt: str
     png: bytes
     caption: str = ""
+    overlay: bytes | None = None
+    overlay_alt: str = ""
+
+
+@dataclass
+class ColourScale:
+    """The key of a gallery's heatmaps: a colour strip (PNG) from ``low`` (left) to ``high`` (right)."""
+
+    png: bytes
+    low: str
+    high: str
+    label: str
 
 
 @dataclass
@@ -70,6 +87,7 @@ class Gallery:
     caption: str
     images: list[Image]
     note: str = ""
+    scale: ColourScale | None = None
 
 
 @dataclass
@@ -114,7 +132,11 @@ class View:
         return [b for b in _walk(self.sections) if isinstance(b, Figure)]
 
     def images(self) -> list[Image]:
-        return [im for b in _walk(self.sections) if isinstance(b, Gallery) for im in b.images]
+        return [im for g in self.galleries() for im in g.images]
+
+    def galleries(self) -> list[Gallery]:
+        """Every gallery of the view, in order (inside :class:`Details` too)."""
+        return [b for b in _walk(self.sections) if isinstance(b, Gallery)]
 
 
 def _walk(sections):
@@ -164,5 +186,5 @@ def direction(info: MetricInfo) -> str:
     return " (higher is better)" if info.higher_is_better else " (lower is better)"
 
 
-__all__ = ["Block", "Bullets", "Details", "Figure", "Gallery", "Image", "Raw", "Section", "Table", "View", "direction",
+__all__ = ["Block", "Bullets", "ColourScale", "Details", "Figure", "Gallery", "Image", "Raw", "Section", "Table", "View", "direction",
            "fmt", "fmt_metric", "is_number"]

@@ -184,6 +184,7 @@ def build_results(vm, datasets: list[dict], saes: list[dict], settings: dict, pl
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "model": {
             "name": vm.name,
+            "display_name": getattr(vm, "display_name", "") or vm.name,
             "revision": vm.revision or local_revision(vm.name),
             "family": vm.family,
             "num_blocks": vm.num_blocks,

@@ -164,8 +164,9 @@ def test_push_opens_a_pr_pinned_to_the_parent_commit(audit_dir, tmp_path, monkey
     assert calls["info"] == ("me/m", None, "hf_fake")
     repo, paths, kw = calls["commit"]
     assert repo == "me/m" and kw["create_pr"] is True and kw["parent_commit"] == "a" * 40
-    assert paths[0] == "README.md" and {"sae-audit/results.json", "sae-audit/report.md", "sae-audit/report.html"} \
-        <= set(paths) and any(p.startswith("sae-audit/figures/") for p in paths)
+    assert paths[0] == "README.md" and {"sae-audit/results.json", "sae-audit/report.md", "sae-audit/report.html",
+                                        "sae-audit/latents.html"} <= set(paths)
+    assert any(p.startswith("sae-audit/figures/") for p in paths)
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.eval_results[0].source_url == "https://huggingface.co/me/m/blob/main/sae-audit/report.md"
     assert "(sae-audit/report.md)" in card.text
