@@ -51,8 +51,17 @@ def two_level(values: np.ndarray, rng: np.random.Generator) -> dict:
     seeds = rng.integers(0, s, size=(B_DRAWS, s))
     cols = rng.integers(0, r, size=B_DRAWS)
     draws = reps[seeds, cols[:, None]].mean(axis=1)
-    return {"mean": round(float(np.mean(point)), 6), "interval": interval(draws),
-            "seed_values": [round(float(v), 6) for v in point]}
+    out = {"mean": round(float(np.mean(point)), 6), "interval": interval(draws),
+           "seed_values": [round(float(v), 6) for v in point]}
+    # Where the replicates are biased (the mean MS of a resample scores another set of latents), the
+    # percentile interval can miss the estimate: then also give it recentred on the estimate (basic shift)
+    # and the t interval over the seeds' estimates alone.
+    if out["interval"] is not None and not out["interval"][0] <= out["mean"] <= out["interval"][1]:
+        shift = out["mean"] - float(np.nanmedian(draws))
+        out["replicates_biased"] = True
+        out["interval_recentred"] = [round(v + shift, 6) for v in out["interval"]]
+    out["seed_t_interval"] = seeds_only(point)["interval"]
+    return out
 
 
 def seeds_only(values: np.ndarray) -> dict:
@@ -228,11 +237,11 @@ def main() -> None:
                 row[key] = seeds_only([by[s]["id"][key] for s in seeds])
             row["dead_fraction_training"] = seeds_only([training[s]["saes"][n]["dead_fraction_training"]
                                                         for s in seeds if s in training])
-            budgets = by[seeds[0]]["probe"].get("budgets", [])
-            row["probe"] = {"budgets": budgets, "n_test_images": by[seeds[0]]["probe"].get("n_test"),
-                            "chance": by[seeds[0]]["probe"].get("chance")}
+            budgets = by[seeds[0]]["id"]["probe"].get("budgets", [])
+            row["probe"] = {"budgets": budgets, "n_test_images": by[seeds[0]]["id"]["probe"].get("n_test"),
+                            "chance": by[seeds[0]]["id"]["probe"].get("chance")}
             for i, m in enumerate(budgets):
-                row["probe"][f"accuracy_m{m}"] = seeds_only([by[s]["probe"]["accuracy"][i] for s in seeds])
+                row["probe"][f"accuracy_m{m}"] = seeds_only([by[s]["id"]["probe"]["accuracy"][i] for s in seeds])
             kc = by[seeds[0]]["k_curve"]
             row["k_curve"] = {"budgets": kc["budgets"],
                               "fvu": [seeds_only([by[s]["k_curve"]["fvu"][i] for s in seeds]) for i in range(len(kc["budgets"]))],
@@ -263,10 +272,10 @@ def main() -> None:
                 comp[metric]["matched_fvu"] = two_level(diff, rng)
                 comp[metric]["matched_fvu"]["outside_frontier_share"] = round(float(outside.reshape(v["fvu"].shape)[:, 0].mean()), 3)
             # Probing: paired McNemar per budget, pooled over seeds.
-            budgets = runs[n][seeds[0]]["probe"].get("budgets", [])
+            budgets = runs[n][seeds[0]]["id"]["probe"].get("budgets", [])
             comp["probe_mcnemar"] = {}
             for i, m in enumerate(budgets):
-                fb = runs[fixed][seeds[0]]["probe"].get("budgets", [])
+                fb = runs[fixed][seeds[0]]["id"]["probe"].get("budgets", [])
                 if m not in fb or runs[n][seeds[0]]["id"].get("probe_hits") is None:
                     continue
                 j = fb.index(m)

@@ -14,7 +14,7 @@ COLOURS = {"fixed-k": "black", "off-L1": "tab:blue", "L1/L2": "tab:red"}
 
 def _err(m: dict) -> tuple[float, float]:
     lo, hi = m["interval"] or (m["mean"], m["mean"])
-    return m["mean"] - lo, hi - m["mean"]
+    return max(0.0, m["mean"] - lo), max(0.0, hi - m["mean"])
 
 
 def frontier_plot(results: dict, out: Path, metric: str, label: str, fname: str) -> None:
