@@ -76,3 +76,43 @@ def test_experiment_ms_probe_and_auroc_equal_the_audit_suites_on_the_same_codes(
     # The shuffled-activation chance level is a different number from the MS itself.
     assert got["id"]["ms_chance_mean"] != pytest.approx(got["id"]["ms_mean"], abs=1e-6)
 
+
+
+def _train(out: Path, cache: Path, steps: int) -> None:
+    import subprocess
+
+    cmd = [sys.executable, str(PAPER / "train.py"), "--cache", str(cache), "--heldout-cache", str(cache),
+           "--out", str(out), "--seeds", "5", "--k", "4", "--l1-off", "1e-3", "--l1-l2-ratio", "1e-2",
+           "--frontier", "0.5", "--expansion", "2", "--batch-size", "64", "--steps", str(steps),
+           "--stat-vectors", "256", "--curve-images", "4", "--eval-every", "2", "--checkpoint-every", "2",
+           "--warmup-steps", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=PAPER.parents[1],
+                          env={**__import__("os").environ, "PYTHONPATH": str(PAPER.parents[1])})
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_experiment_training_is_paired_and_a_resumed_longer_run_equals_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    try:
+        from test_train_resume import write_cache
+    finally:
+        sys.path.pop(0)
+    cache = write_cache(tmp_path / "cache", 3000, shard_rows=1000)
+    _train(tmp_path / "straight", cache, 6)
+    _train(tmp_path / "resumed", cache, 4)  # a shorter run, then extended to 6 steps from its checkpoint
+    (tmp_path / "resumed" / "seed5" / "training.json").unlink()
+    _train(tmp_path / "resumed", cache, 6)
+    names = sorted(p.name for p in (tmp_path / "straight" / "seed5").iterdir() if (p / "config.json").is_file())
+    assert names == ["k2-off0-ratio0", "k4-off0-ratio0", "k4-off0-ratio0.01", "k4-off0.001-ratio0"]
+    for n in names:
+        a = load_file(str(tmp_path / "straight" / "seed5" / n / "model.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / "seed5" / n / "model.safetensors"))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+        cfg = json.loads((tmp_path / "straight" / "seed5" / n / "config.json").read_text())
+        assert cfg["init_seed"] == 5
+    info = json.loads((tmp_path / "resumed" / "seed5" / "training.json").read_text())
+    assert info["steps"] == 6 and info["curve"]["step"] == [0, 2, 4, 6]
