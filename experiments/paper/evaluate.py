@@ -1,22 +1,26 @@
-"""Evaluate the paper-experiment SAEs on held-out real activations and write reports/paper/.
+"""Evaluate every SAE of one seed of the paper experiment with the audit suites' own accumulators.
 
-For every SAE in --saes (written by experiments/paper/train.py), on the test
-cache (patch tokens of held-out Fashion-MNIST test images, never trained on):
+For each SAE in SAES/seed<S>/ (written by experiments/paper/train.py), on cached
+activations of held-out images (never trained on), it feeds the audit suites'
+accumulators exactly as an audit does (``SuiteBatch`` per batch of whole
+images, the image set's Poisson bootstrap keyed by image id) and keeps:
 
-- FVU, mean L0, mean effective units ``(||z||_1/||z||_2)^2``, dead and dense
-  latent fractions (SPEC section 4), at the training k;
-- the k-robustness curve: FVU with the inference budget swapped to
-  k' in {k/4, k/2, k, 2k, 4k} (same weights, SPEC section 1);
-- the monosemanticity score (MS) of Pach et al. 2025 (arXiv 2504.02821, SPEC
-  section 4) per latent, over images: a latent's activation on an image is its
-  largest activation over the image's patches, min-max scaled over the set;
-  image embeddings come from the audited model's pooled output (the default
-  judge); linear-time formula; mean and median over latents alive on the set;
-- small-budget linear probing: keep each image's m largest (patch-max-pooled)
-  latents, m in {1, 2, 4, 8}, fit a multinomial logistic regression on 70% of
-  the images and report accuracy on the other 30%.
+- ID (Fashion-MNIST test images): FVU, L0, effective units, firing frequencies
+  (coverage suite); MS per latent with its bootstrap replicates
+  (monosemanticity suite) and the shuffled-activation chance level (the same
+  accumulator with the judge embeddings permuted across images, which pairs
+  every latent's activations with the embeddings of random images); few-latent
+  probing with the probing suite's protocol and its per-image hits (for the
+  paired McNemar test); per-image FVU and effective units (OOD suite);
+- k-robustness (suite): FVU and MS at k' in {k/4, k/2, k, 2k, 4k};
+- per OOD set (digits, clip art, two corruptions of the ID images): the OOD
+  suite's AUROC per score with bootstrap replicates, the coverage suite's
+  pair metrics (OOD-only latents, JS divergence) with intervals.
 
-Writes results.json (every number) and report.md (tables and the claim checks).
+Writes OUT/seed<S>/<sae name>.json per SAE (a rerun skips finished SAEs), with
+the bootstrap replicates the aggregation (experiments/paper/aggregate.py) needs
+for paired intervals. Image ids are positions in the cache; the bootstrap of a
+set is keyed by its name, so every SAE of every seed sees the same weights.
 """
 
 from __future__ import annotations
@@ -24,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -34,235 +36,233 @@ import torch
 
 from sae_audit import metrics
 from sae_audit.sae import load_sae
+from sae_audit.suites import coverage, ood
+from sae_audit.suites.base import SuiteBatch
+from sae_audit.suites.bootstrap import Bootstrap
+from sae_audit.suites.k_robustness import KRobustnessAccumulator, budgets_for
+from sae_audit.suites.monosemanticity import MonosemanticityAccumulator, replicate_summaries
+from sae_audit.suites.probing import ProbingAccumulator
 from sae_audit.train.cache import ActivationCache
 
-PROBE_M = (1, 2, 4, 8)
+#: OOD sets: cache folder suffix -> label in the results.
+OOD_SETS = {"digits": "digits", "clipart": "clipart", "noise": "gaussian_noise:3", "blur": "gaussian_blur:3"}
 
 
-def budgets(k: int) -> list[int]:
-    return sorted({max(1, k // 4), max(1, k // 2), k, 2 * k, 4 * k})
+def read_cache(folder: Path, n_images: int) -> tuple[torch.Tensor, int, dict]:
+    """``(x [n_images * per_image, d_in] float32, per_image, meta)`` of the first ``n_images`` images."""
+    cache = ActivationCache.open(folder)
+    meta = cache.meta
+    # Image ids are positions in the cache (an unreadable image was skipped and counted, not stored).
+    stored = meta["images_total"] - meta.get("images_skipped", 0)
+    per_image = meta["rows"] // stored
+    if per_image * stored != meta["rows"]:
+        raise SystemExit(f"{folder}: images with different numbers of tokens")
+    n_images = min(n_images, stored)
+    parts, have = [], 0
+    for i in range(len(meta["shards"])):
+        parts.append(cache.read_shard(i).float())
+        have += parts[-1].shape[0]
+        if have >= n_images * per_image:
+            break
+    return torch.cat(parts)[: n_images * per_image], per_image, meta
 
 
-@torch.no_grad()
-def reconstruct(sae, x: torch.Tensor, k: int, batch: int = 8192) -> tuple[torch.Tensor, list]:
-    outs, codes = [], []
-    for s in range(0, x.shape[0], batch):
-        c = sae.encode(x[s: s + batch], k=k)
-        outs.append(sae.decode(c))
-        codes.append(c)
-    return torch.cat(outs), codes
+def suite_batches(sae, x: torch.Tensor, per_image: int, name: str, replicates: int, labels=None, emb=None,
+                  k: int | None = None, images_per_batch: int = 64):
+    """The :class:`SuiteBatch` es an audit would give the suites for this set (whole images per batch)."""
+    n_images = x.shape[0] // per_image
+    boot = Bootstrap.for_set(replicates, 0, name)
+    with torch.no_grad():
+        for s in range(0, n_images, images_per_batch):
+            e = min(n_images, s + images_per_batch)
+            xb = x[s * per_image: e * per_image]
+            codes = sae.encode(xb, k=k)
+            x_hat = sae.decode(codes)
+            images = torch.arange(s, e)
+            lab = labels[s:e] if labels is not None else torch.full((e - s,), -1, dtype=torch.long)
+            yield SuiteBatch(xb, codes, x_hat, images.repeat_interleave(per_image), lab.repeat_interleave(per_image),
+                             images=images, image_labels=lab, embeddings=emb[s:e] if emb is not None else None,
+                             bootstrap=boot)
 
 
-@torch.no_grad()
-def image_activations(codes: list, d_sae: int, per_image: int) -> torch.Tensor:
-    """``[n_images, d_sae]``: each latent's largest activation over an image's patch tokens."""
-    out = []
-    for c in codes:
-        dense = c.to_dense()
-        out.append(dense.view(-1, per_image, d_sae).amax(dim=1))
-    return torch.cat(out)
+def ms_chance_permutation(n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(12345))
 
 
-def monosemanticity(a: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """MS per latent (NaN where the latent never varies): Pach et al. 2025, linear time.
-
-    Args:
-        a: ``[N, d_sae]`` activations per image; emb: ``[N, d]`` unit-norm judge embeddings.
-    """
-    a = a.double()
-    lo, hi = a.min(dim=0).values, a.max(dim=0).values
-    span = hi - lo
-    scaled = (a - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    u = scaled.sum(dim=0)
-    v = scaled.pow(2).sum(dim=0)
-    w = scaled.T @ emb.double()
-    num = (w.pow(2).sum(dim=1) - v) / 2
-    den = (u.pow(2) - v) / 2
-    ms = num / den
-    ms[(span <= 0) | (den <= 0)] = float("nan")
-    return ms
-
-
-def probe(a: torch.Tensor, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
-    from sklearn.linear_model import LogisticRegression
-
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(a.shape[0])
-    n_train = int(0.7 * len(order))
-    tr, te = order[:n_train], order[n_train:]
-    out = {}
-    for m in PROBE_M:
-        vals, idx = a.topk(m, dim=1)
-        feats = torch.zeros_like(a).scatter_(1, idx, vals).numpy()
-        clf = LogisticRegression(max_iter=1000)
-        clf.fit(feats[tr], labels[tr])
-        out[str(m)] = float((clf.predict(feats[te]) == labels[te]).mean())
+def evaluate_sae(sae, id_x, per_image, id_name, labels, emb, ood_sets: dict, replicates: int,
+                 k_curve_images: int) -> dict:
+    """Every measurement of one SAE (see the module docstring); JSON-ready."""
+    cfg = sae.config
+    d_sae, d_in = cfg.d_sae, cfg.d_in
+    ms_acc = MonosemanticityAccumulator(d_sae, emb.shape[1], judge="audited model (pooled)")
+    chance_acc = MonosemanticityAccumulator(d_sae, emb.shape[1], replicates=False)
+    probe_acc = ProbingAccumulator(d_sae, cfg.k)
+    cov_id = coverage.CoverageAccumulator(d_sae, d_in, cfg.k)
+    ood_id = ood.OODAccumulator(d_sae, d_in)
+    perm = ms_chance_permutation(emb.shape[0])
+    emb_shuffled = emb[perm]
+    for b in suite_batches(sae, id_x, per_image, id_name, replicates, labels, emb):
+        ms_acc.accumulate(b)
+        probe_acc.accumulate(b)
+        cov_id.accumulate(b)
+        ood_id.accumulate(b)
+        lo, hi = int(b.images[0]), int(b.images[-1]) + 1
+        chance_acc.accumulate(SuiteBatch(b.x, b.codes, b.x_hat, b.image_index, b.labels, images=b.images,
+                                         image_labels=b.image_labels, embeddings=emb_shuffled[lo:hi]))
+    ms = ms_acc.scores()
+    ms_reps = ms_acc.replicate_scores()  # [R, d_sae]
+    cov = cov_id.finish()
+    cov_reps = cov_id.replicate_metrics()
+    probe = probe_acc.finish()
+    own = ood_id.image_scores(ood_id)
+    out = {
+        "name": None, "k": cfg.k, "variant": cfg.variant, "lambda_off": cfg.lambda_off,
+        "lambda_ratio": cfg.lambda_ratio, "init_seed": cfg.init_seed, "d_sae": d_sae,
+        "id": {
+            "n_images": int(id_x.shape[0] // per_image), "fvu": cov["fvu"], "l0_mean": cov.get("l0_mean"),
+            "effective_units_mean": cov.get("effective_units_mean"),
+            "dead_fraction": cov.get("dead_fraction"), "dense_fraction": cov.get("dense_fraction"),
+            "coverage_intervals": cov.get("intervals"),
+            "fvu_replicates": cov_reps["fvu"].tolist(),
+            "frequencies": [round(float(f), 7) for f in cov_id.frequencies()],
+            "ms_per_latent": [None if not math.isfinite(v) else round(v, 5) for v in ms.tolist()],
+            "ms_mean": float(ms[torch.isfinite(ms)].mean()) if torch.isfinite(ms).any() else None,
+            "ms_n_scored": int(torch.isfinite(ms).sum()),
+            "ms_mean_replicates": replicate_summaries(ms_reps)["ms_mean"].tolist(),
+            "ms_chance_per_latent": [None if not math.isfinite(v) else round(v, 5)
+                                     for v in chance_acc.scores().tolist()],
+            "probe": probe,
+            "probe_hits": {"images": probe_acc.test_images.tolist(), "hits": probe_acc.test_hits.astype(int).tolist()}
+            if getattr(probe_acc, "test_hits", None) is not None else None,
+            "image_fvu": own["fvu"].tolist(), "image_effective_units": own["effective_units"].tolist(),
+            "image_l0": own["l0"].tolist(),
+        },
+    }
+    out["id"]["ms_chance_mean"] = float(np.nanmean([v if v is not None else np.nan
+                                                    for v in out["id"]["ms_chance_per_latent"]]))
+    # The replicate MS per latent is [R, d_sae]: keep it in a compact array file beside the JSON instead.
+    out["_ms_reps"] = ms_reps
+    kr = KRobustnessAccumulator(sae, budgets_for(cfg.k, d_sae))
+    n_kc = min(k_curve_images, id_x.shape[0] // per_image)
+    for b in suite_batches(sae, id_x[: n_kc * per_image], per_image, id_name, 0, labels, emb):
+        kr.accumulate(b)
+    out["k_curve"] = kr.finish()
+    out["ood"] = {}
+    w_id = Bootstrap.for_set(replicates, 0, id_name).weights(own["images"])
+    for label, (x_o, per_o, name_o) in ood_sets.items():
+        cov_o = coverage.CoverageAccumulator(d_sae, d_in, cfg.k)
+        ood_o = ood.OODAccumulator(d_sae, d_in)
+        for b in suite_batches(sae, x_o, per_o, name_o, replicates):
+            cov_o.accumulate(b)
+            ood_o.accumulate(b)
+        pair = ood.compare(ood_id, ood_o)
+        cpair = coverage.compare(cov_id, cov_o)
+        s_o = ood_o.image_scores(ood_id)
+        w_o = Bootstrap.for_set(replicates, 0, name_o).weights(s_o["images"])
+        reps = {s: metrics.weighted_auroc(own[s], s_o[s], w_id, w_o).tolist() for s in ood.SCORES}
+        f_id = torch.tensor(cpair_freq(cov_id), dtype=torch.float64)
+        f_o = torch.tensor(cpair_freq(cov_o), dtype=torch.float64)
+        eps = 1.0 / max(1, min(cov_id.n, cov_o.n))
+        shift = ((f_o + eps) / (f_id + eps)).log10().abs()
+        out["ood"][label] = {
+            "n_images": int(x_o.shape[0] // per_o),
+            **{key: pair[key] for key in pair if key.startswith("auroc_") or key.endswith("_mean")},
+            "auroc_intervals": pair.get("intervals"),
+            "auroc_replicates": reps,
+            "fvu": cov_o.finish()["fvu"],
+            "n_ood_only": cpair["n_ood_only"], "n_id_only": cpair["n_id_only"],
+            "js_divergence": cpair["js_divergence"], "fvu_gap": cpair["fvu_gap"],
+            "n_shifted_10x": int(((shift > 1) & ((f_id > 0) | (f_o > 0))).sum()),
+            "coverage_intervals": cpair.get("intervals"),
+            "coverage_replicates": {m: v.tolist() for m, v in coverage.compare_replicates(cov_id, cov_o).items()
+                                    if m in ("n_ood_only", "js_divergence", "fvu_gap")},
+        }
     return out
 
 
-def judge_embeddings(args, n_images: int) -> tuple[torch.Tensor, np.ndarray]:
+def cpair_freq(acc) -> list[float]:
+    return acc.frequencies().tolist()
+
+
+def judge(args, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled-output judge embeddings ``[n, d]`` and labels ``[n]`` of the ID images, in cache order."""
     from sae_audit.data import iter_batches, open_image_set
     from sae_audit.models import load_vision_model
 
-    image_set = open_image_set(args.data, args.max_images, args.seed)
-    if len(image_set) != n_images:
-        raise SystemExit(f"--data/--max-images give {len(image_set)} images, the test cache holds {n_images}")
-    vm = load_vision_model(args.model, device="cpu", image_size=args.image_size)
-    embs, labels = [], []
+    path = Path(args.judge_cache)
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved["emb"].shape[0] >= n_images:
+            return saved["emb"][:n_images], saved["labels"][:n_images]
+    meta = ActivationCache.open(args.id_cache).meta
+    data = meta["data"]
+    image_set = open_image_set(data["spec"], data["max_images"], data["seed"])
+    vm = load_vision_model(args.model, device="cpu", image_size=meta["image_size"])
+    embs, labels, seen = [], [], 0
     with torch.no_grad():
         for batch in iter_batches(image_set, vm.preprocess, 64, strict=True):
-            embs.append(torch.nn.functional.normalize(vm.pooled(batch.pixel_values).float(), dim=1))
+            embs.append(vm.pooled(batch.pixel_values).float().cpu())
             labels.append(batch.labels)
-    return torch.cat(embs), torch.cat(labels).numpy()
+            seen += len(batch.labels)
+            if seen >= n_images:
+                break
+    emb, lab = torch.cat(embs)[:n_images], torch.cat(labels)[:n_images].long()
+    tmp = path.with_suffix(".tmp")
+    torch.save({"emb": emb, "labels": lab}, tmp)
+    tmp.replace(path)
+    return emb, lab
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--saes", required=True)
-    p.add_argument("--test-cache", required=True)
-    p.add_argument("--model", required=True, help="the model the cache was written from (the MS judge)")
-    p.add_argument("--data", default="fashion-mnist:test")
-    p.add_argument("--max-images", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--eval-images", type=int, default=None,
-                   help="evaluate on the first N images of the test cache only (default: all)")
-    p.add_argument("--judge-cache", help="file to keep the judge embeddings and labels in between runs")
+    p.add_argument("--saes", required=True, help="folder of one seed's SAEs (SAES/seed<S>)")
+    p.add_argument("--caches", required=True, help="folder holding cache-test and cache-<ood set> folders")
+    p.add_argument("--model", required=True, help="the model the caches were written from (the MS judge)")
+    p.add_argument("--judge-cache", required=True, help="file keeping the judge embeddings and labels")
     p.add_argument("--out", required=True)
+    p.add_argument("--id-images", type=int, default=1000)
+    p.add_argument("--ood-images", type=int, default=500)
+    p.add_argument("--k-curve-images", type=int, default=250)
+    p.add_argument("--replicates", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--judge-only", action="store_true", help="compute the judge embeddings and stop")
     args = p.parse_args()
-    t0 = time.perf_counter()
-
-    cache = ActivationCache.open(args.test_cache)
-    x = torch.cat([cache.read_shard(i) for i in range(len(cache.meta["shards"]))])
-    n_images = int(cache.meta["images_total"])
-    per_image = x.shape[0] // n_images
-    assert per_image * n_images == x.shape[0], "every test image must give the same number of rows"
-    if args.judge_cache and Path(args.judge_cache).is_file():
-        saved = torch.load(args.judge_cache, weights_only=True)
-        emb, labels = saved["emb"], saved["labels"].numpy()
-    else:
-        emb, labels = judge_embeddings(args, n_images)
-        if args.judge_cache:
-            torch.save({"emb": emb, "labels": torch.from_numpy(labels)}, args.judge_cache)
-    if args.eval_images:
-        n_images = min(n_images, args.eval_images)
-        x, emb, labels = x[: n_images * per_image], emb[:n_images], labels[:n_images]
-
-    saes_dir = Path(args.saes)
-    training = json.loads((saes_dir / "training.json").read_text())
-    rows = []
-    for folder in sorted(p for p in saes_dir.iterdir() if (p / "config.json").is_file()):
-        sae = load_sae(folder)
-        cfg = sae.config
-        curve = {}
-        for kp in budgets(cfg.k):
-            x_hat, codes = reconstruct(sae, x, kp)
-            curve[kp] = metrics.fvu(x, x_hat)
-            if kp == cfg.k:
-                vals = torch.cat([c.values for c in codes])
-                idx = torch.cat([c.indices for c in codes])
-                fires = torch.zeros(cfg.d_sae).index_add_(0, idx[vals > 0], torch.ones(int((vals > 0).sum())))
-                freq = fires / x.shape[0]
-                acts = image_activations(codes, cfg.d_sae, per_image)
-                ms = monosemanticity(acts, emb)
-                alive_ms = ms[~torch.isnan(ms)]
-                row = {
-                    "name": folder.name, "k": cfg.k, "variant": cfg.variant, "lambda_off": cfg.lambda_off,
-                    "lambda_ratio": cfg.lambda_ratio, "fvu": curve[kp],
-                    "l0": float((vals > 0).sum(dim=1).float().mean()),
-                    "effective_units": float(metrics.effective_units(vals).mean()),
-                    "dead_fraction_test": float((freq == 0).float().mean()),
-                    "dense_fraction_test": float((freq > 0.1).float().mean()),
-                    "dead_fraction_training": training["saes"][folder.name]["dead_fraction_training"],
-                    "ms_mean": float(alive_ms.mean()) if alive_ms.numel() else None,
-                    "ms_median": float(alive_ms.median()) if alive_ms.numel() else None,
-                    "ms_latents": int(alive_ms.numel()),
-                    "probe_accuracy": probe(acts.float(), labels, args.seed),
-                }
-        row["k_curve"] = {str(kp): v for kp, v in curve.items()}
-        row["k_curve_relative"] = {str(kp): v / curve[cfg.k] for kp, v in curve.items()}
-        rows.append(row)
-        print(f"{folder.name}: FVU {row['fvu']:.4f}, MS {row['ms_mean']:.4f}, probe m=1 "
-              f"{row['probe_accuracy']['1']:.3f}, curve {[round(v, 3) for v in curve.values()]}", flush=True)
-
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = None
-    results = {
-        "schema_version": 1,
-        "experiment": "arXiv 2606.27321 regularisers on real DINOv2 ViT-S/14 activations",
-        "model": cache.meta["model"], "hook_point": cache.meta["hook_point"], "tokens": cache.meta["tokens"],
-        "image_size": cache.meta["image_size"], "test_data": cache.meta["data"], "test_vectors": x.shape[0],
-        "test_images": n_images, "training": training, "saes": rows, "git_commit": commit,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "evaluate_seconds": round(time.perf_counter() - t0, 1),
-    }
+    torch.set_num_threads(args.threads)
+    caches = Path(args.caches)
+    args.id_cache = caches / "cache-test"
+    id_x, per_image, id_meta = read_cache(args.id_cache, args.id_images)
+    n_id = id_x.shape[0] // per_image
+    emb, labels = judge(args, n_id)
+    if args.judge_only:
+        return
+    id_name = id_meta["data"]["spec"]
+    ood_sets = {}
+    for suffix, label in OOD_SETS.items():
+        folder = caches / f"cache-{suffix}"
+        if (folder / "meta.json").is_file() and ActivationCache.open(folder).meta.get("complete"):
+            x_o, per_o, meta_o = read_cache(folder, args.ood_images)
+            ood_sets[label] = (x_o, per_o, meta_o["data"]["spec"])
+    saes = Path(args.saes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.replace(out / "results.json")
-    (out / "report.md.tmp").write_text(render(results))
-    (out / "report.md.tmp").replace(out / "report.md")
-    print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
-
-
-def _f(v, nd=4):
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
-
-
-def render(r: dict) -> str:
-    t = r["training"]["train"]
-    lines = [
-        "# Paper experiment: Top-k SAE regularisers on real DINOv2 activations",
-        "",
-        f"Model `{r['model']}` ({r['image_size']} px), hook point `{r['hook_point']}:{r['tokens']}`. "
-        f"Trained on {t['max_vectors']:,} patch activations of Fashion-MNIST training images "
-        f"(batch {t['batch_size']}, Adam lr {t['lr']:g}, {r['training']['seconds']:.0f} s for all SAEs in one pass); "
-        f"evaluated on {r['test_vectors']:,} patch activations of {r['test_images']} held-out Fashion-MNIST "
-        "test images. Generated by `experiments/paper/evaluate.py`; every number is in `results.json`.",
-        "",
-        "## Reconstruction, sparsity and monosemanticity at the training k",
-        "",
-        "| SAE | k | variant | lambda | FVU | L0 | eff. units | dead (test) | dense (test) | MS mean | MS median | probe m=1 | m=2 | m=4 | m=8 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for s in r["saes"]:
-        lam = s["lambda_off"] or s["lambda_ratio"]
-        pa = s["probe_accuracy"]
-        lines.append(
-            f"| `{s['name']}` | {s['k']} | {s['variant']} | {lam:g} | {_f(s['fvu'])} | {s['l0']:.2f} | "
-            f"{s['effective_units']:.2f} | {s['dead_fraction_test']:.1%} | {s['dense_fraction_test']:.1%} | "
-            f"{_f(s['ms_mean'])} | {_f(s['ms_median'])} | {pa['1']:.3f} | {pa['2']:.3f} | {pa['4']:.3f} | {pa['8']:.3f} |"
-        )
-    lines += ["", "## k-robustness: FVU with the inference budget k' (relative to FVU at the training k)", "",
-              "| SAE | k'=k/4 | k/2 | k | 2k | 4k |", "|---|---|---|---|---|---|"]
-    for s in r["saes"]:
-        cells = [f"{v:.4f} ({s['k_curve_relative'][kp]:.2f}x)" for kp, v in s["k_curve"].items()]
-        lines.append(f"| `{s['name']}` | " + " | ".join(cells) + " |")
-    lines += ["", "## Claim checks (computed)", ""]
-    for k in sorted({s["k"] for s in r["saes"]}):
-        base = next(s for s in r["saes"] if s["k"] == k and s["variant"] == "fixed-k")
-        for s in (s for s in r["saes"] if s["k"] == k and s["variant"] != "fixed-k"):
-            lam = s["lambda_off"] or s["lambda_ratio"]
-            low = [s["k_curve_relative"][kp] for kp in s["k_curve"] if int(kp) < k]
-            blow = [base["k_curve_relative"][kp] for kp in base["k_curve"] if int(kp) < k]
-            high = [s["k_curve_relative"][kp] for kp in s["k_curve"] if int(kp) > k]
-            bhigh = [base["k_curve_relative"][kp] for kp in base["k_curve"] if int(kp) > k]
-            lines.append(
-                f"- k={k}, {s['variant']} lambda {lam:g} vs fixed-k: "
-                f"delta FVU {s['fvu'] - base['fvu']:+.4f}, delta MS mean {s['ms_mean'] - base['ms_mean']:+.4f}, "
-                f"mean relative FVU for k'<k {np.mean(low):.2f}x (fixed-k {np.mean(blow):.2f}x), "
-                f"for k'>k {np.mean(high):.2f}x (fixed-k {np.mean(bhigh):.2f}x), "
-                f"probe m=1 {_probe(s, 1) - _probe(base, 1):+.3f}, m=2 {_probe(s, 2) - _probe(base, 2):+.3f}"
-            )
-    lines.append("")
-    return "\n".join(lines)
-
-
-def _probe(s, m):
-    return s["probe_accuracy"][str(m)]
+    for folder in sorted(f for f in saes.iterdir() if (f / "config.json").is_file()):
+        target = out / f"{folder.name}.json"
+        if target.is_file():
+            continue
+        t0 = time.perf_counter()
+        sae = load_sae(folder).eval()
+        res = evaluate_sae(sae, id_x, per_image, id_name, labels, emb, ood_sets, args.replicates,
+                           args.k_curve_images)
+        res["name"] = folder.name
+        ms_reps = res.pop("_ms_reps")
+        torch.save({"ms_replicates": ms_reps.float()}, out / f"{folder.name}.ms.pt")
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res) + "\n")
+        tmp.replace(target)
+        aur = {k: round(v["auroc_rarity"] or float("nan"), 3) for k, v in res["ood"].items()}
+        print(f"{saes.name}/{folder.name}: FVU {res['id']['fvu']:.4f} MS {res['id']['ms_mean']:.4f} "
+              f"(chance {res['id']['ms_chance_mean']:.4f}) AUROC rarity {aur} {res['seconds']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":

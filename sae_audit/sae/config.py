@@ -41,6 +41,11 @@ class SAEConfig:
             ``norm_scale`` before encoding, chosen so that E||x|| = sqrt(d_in) on
             the training data; outputs are divided by it again.
         norm_scale: the scalar for ``"scalar"`` normalisation (1.0 otherwise).
+        init_seed: the seed the weights were initialised from (``None``: not recorded, e.g. a file
+            written before it was, or an SAE from another library). Training seeds every SAE of a
+            sweep with the run's seed, so SAEs of one ``d_in``/``d_sae`` differing only in ``k`` or
+            the regularisers start from identical ``W_enc``, ``W_dec``, ``b_enc`` (paired sweeps,
+            SPEC section 6).
         model: the vision model the SAE was trained on (hub id or path).
         model_revision: its revision (commit hash where known).
         hook_point: where it reads the model, e.g. ``"block.6"``.
@@ -63,6 +68,7 @@ class SAEConfig:
     dead_after: int = 10_000_000
     normalisation: str = "none"
     norm_scale: float = 1.0
+    init_seed: int | None = None
     model: str | None = None
     model_revision: str | None = None
     hook_point: str | None = None
@@ -78,6 +84,8 @@ class SAEConfig:
             value = getattr(self, name)
             if not is_int(value) or value <= 0:
                 raise SaeAuditError(f"SAE config: {name} must be a positive integer, got {value!r}")
+        if self.init_seed is not None and not is_int(self.init_seed):
+            raise SaeAuditError(f"SAE config: init_seed must be an integer or null, got {self.init_seed!r}")
         for name in ("k_aux", "image_size"):
             value = getattr(self, name)
             if value is not None and (not is_int(value) or value <= 0):

@@ -58,6 +58,8 @@ class ProbingAccumulator:
         self.values: list[torch.Tensor] = []
         self.n_images = 0
         self.bootstrap = None
+        self.test_images: np.ndarray | None = None  # set by finish()
+        self.test_hits: np.ndarray | None = None
 
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
@@ -131,6 +133,9 @@ class ProbingAccumulator:
             converged.append(bool(clf[-1].n_iter_.max() < clf[-1].max_iter))
         out["accuracy"] = acc
         out["converged"] = converged
+        # Per held-out image and budget, whether the probe was right ([n_test, n_budgets] bool, images sorted):
+        # what a paired test between two SAEs on the same images (McNemar) needs.
+        self.test_images, self.test_hits = images[test], np.stack(correct, axis=1)
         if w is not None:
             hits = torch.from_numpy(np.stack(correct + [labels[test] == majority], axis=1).astype(np.float64))
             total = w.sum(dim=1, keepdim=True)

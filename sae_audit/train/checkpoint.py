@@ -105,6 +105,8 @@ def _restore(state: dict, folder, runs, train) -> tuple[int, int]:
         mine = run.sae.config.to_dict()
         theirs = dict(saved["config"])
         mine.pop("norm_scale"), theirs.pop("norm_scale", None)
+        if "init_seed" not in theirs:  # written before configs recorded it; the weights come from the file
+            mine.pop("init_seed", None)
         if mine != theirs:
             raise SaeAuditError("cannot resume: the checkpoint was written for other SAE configs (k, lambda, width)")
         run.sae.load_state_dict(saved["params"])

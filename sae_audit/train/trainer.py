@@ -47,7 +47,8 @@ class TrainConfig:
     buffer_size: int = option(65_536, metavar="N", help="shuffle-buffer size in vectors")
     b_dec_init: str = option("geometric_median", choices=("geometric_median", "mean"),
                              help="initialisation of b_dec from a sample of activations")
-    seed: int = option(0, help="seeds the SAE initialisation and the shuffling")
+    seed: int = option(0, help="seeds the SAE initialisation (the same for every SAE of the run, recorded as "
+                                  "init_seed) and the shuffling")
     precision: str = option("auto", choices=("auto", "float32", "bf16"),
                             help="SAE forward precision: bf16 autocast or float32 (auto: bf16 on a GPU that supports "
                                  "it, float32 elsewhere)")
@@ -225,9 +226,12 @@ def fit_saes(
     scale = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
 
     runs: list[TrainingRun] = []
-    for i, cfg in enumerate(configs):
-        cfg = replace(cfg, norm_scale=scale if cfg.normalisation == "scalar" else 1.0)
-        runs.append(TrainingRun(cfg, seed=train.seed + i, lr=train.lr, device=device, x_held=eval_x,
+    for cfg in configs:
+        # Paired sweeps (SPEC section 6): every SAE is initialised from the run's seed (or the seed its
+        # config records), so SAEs of one d_in/d_sae start from the same weights and see the same batches.
+        init_seed = train.seed if cfg.init_seed is None else cfg.init_seed
+        cfg = replace(cfg, norm_scale=scale if cfg.normalisation == "scalar" else 1.0, init_seed=init_seed)
+        runs.append(TrainingRun(cfg, seed=init_seed, lr=train.lr, device=device, x_held=eval_x,
                          b_dec_init=train.b_dec_init, sample_seed=train.seed))
 
     total_steps = max(1, math.ceil(train.max_vectors / train.batch_size))

@@ -1,0 +1,118 @@
+"""The paper experiment measures with the audit suites themselves: on the same model, SAE and images, its MS,
+probe and OOD AUROC equal what `sae-audit run` reports; and its training is paired and resumable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sae_audit.sae import load_sae
+from sae_audit.testing import make_image_folder, run_cli
+
+PAPER = Path(__file__).resolve().parents[2] / "experiments" / "paper"
+
+
+def _module(name: str):
+    spec = importlib.util.spec_from_file_location(f"paper_{name}", PAPER / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(PAPER))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(PAPER))
+    return mod
+
+
+@pytest.mark.slow
+def test_experiment_ms_probe_and_auroc_equal_the_audit_suites_on_the_same_codes(tmp_path, tiny_model_dir,
+                                                                                  tiny_sae_dir):
+    ev = _module("evaluate")
+    id_dir = make_image_folder(tmp_path / "idset", n_per_class=10, seed=1)
+    ood_dir = make_image_folder(tmp_path / "oodset", n_per_class=4, classes=("noise",), seed=2)
+    common = ["--hook", "block.2", "--tokens", "patch", "--device", "cpu", "--batch-size", "8", "-q"]
+    audit = run_cli("run", str(tiny_model_dir), "--sae", str(tiny_sae_dir), "--id", str(id_dir), "--ood", str(ood_dir),
+                    "--suite", "monosemanticity", "--suite", "probing", "--suite", "ood-detection",
+                    "--bootstrap", "0", "--out", str(tmp_path / "audit"), "--device", "cpu", "-q")
+    assert audit.exit_code == 0, audit.stderr
+    res = json.loads((tmp_path / "audit" / "results.json").read_text())
+    for name, folder in (("test", id_dir), ("ood", ood_dir)):
+        out = run_cli("cache", str(tiny_model_dir), *common, "--data", str(folder), "--out", str(tmp_path / f"cache-{name}"))
+        assert out.exit_code == 0, out.stderr
+
+    x, per_image, meta = ev.read_cache(tmp_path / "cache-test", 10**6)
+    x_o, per_o, meta_o = ev.read_cache(tmp_path / "cache-ood", 10**6)
+
+    class Args:
+        judge_cache = tmp_path / "judge.pt"
+        id_cache = tmp_path / "cache-test"
+        model = str(tiny_model_dir)
+
+    emb, labels = ev.judge(Args, x.shape[0] // per_image)
+    sae = load_sae(tiny_sae_dir).eval()
+    got = ev.evaluate_sae(sae, x, per_image, meta["data"]["spec"], labels, emb,
+                          {"noise": (x_o, per_o, meta_o["data"]["spec"])}, replicates=20, k_curve_images=10)
+
+    suites = res["saes"][0]["suites"]
+    ms_audit = np.array([np.nan if v is None else v for v in suites["monosemanticity"]["datasets"]["idset"]["per_latent"]])
+    ms_ours = np.array([np.nan if v is None else v for v in got["id"]["ms_per_latent"]])
+    assert np.isfinite(ms_ours).sum() >= 5
+    np.testing.assert_array_equal(np.isnan(ms_audit), np.isnan(ms_ours))
+    ok = np.isfinite(ms_ours)
+    np.testing.assert_allclose(ms_ours[ok], ms_audit[ok], atol=2e-4)  # the audit rounds per-latent MS to 4 digits
+    probe_audit = suites["probing"]["datasets"]["idset"]
+    assert got["id"]["probe"]["accuracy"] == pytest.approx(probe_audit["accuracy"], abs=1e-9)
+    assert got["id"]["probe"]["n_test"] == probe_audit["n_test"]
+    hits = np.array(got["id"]["probe_hits"]["hits"])
+    assert hits.mean(axis=0) == pytest.approx(probe_audit["accuracy"], abs=1e-9)
+    pair = suites["ood-detection"]["pairs"][0]
+    for score in ("fvu", "rarity", "l0", "effective_units"):
+        assert got["ood"]["noise"][f"auroc_{score}"] == pytest.approx(pair[f"auroc_{score}"], abs=1e-9), score
+    # The shuffled-activation chance level is a different number from the MS itself.
+    assert got["id"]["ms_chance_mean"] != pytest.approx(got["id"]["ms_mean"], abs=1e-6)
+
+
+
+def _train(out: Path, cache: Path, steps: int) -> None:
+    import subprocess
+
+    cmd = [sys.executable, str(PAPER / "train.py"), "--cache", str(cache), "--heldout-cache", str(cache),
+           "--out", str(out), "--seeds", "5", "--k", "4", "--l1-off", "1e-3", "--l1-l2-ratio", "1e-2",
+           "--frontier", "0.5", "--expansion", "2", "--batch-size", "64", "--steps", str(steps),
+           "--stat-vectors", "256", "--curve-images", "4", "--eval-every", "2", "--checkpoint-every", "2",
+           "--warmup-steps", "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=PAPER.parents[1],
+                          env={**__import__("os").environ, "PYTHONPATH": str(PAPER.parents[1])})
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_experiment_training_is_paired_and_a_resumed_longer_run_equals_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    try:
+        from test_train_resume import write_cache
+    finally:
+        sys.path.pop(0)
+    cache = write_cache(tmp_path / "cache", 3000, shard_rows=1000)
+    _train(tmp_path / "straight", cache, 6)
+    _train(tmp_path / "resumed", cache, 4)  # a shorter run, then extended to 6 steps from its checkpoint
+    (tmp_path / "resumed" / "seed5" / "training.json").unlink()
+    _train(tmp_path / "resumed", cache, 6)
+    names = sorted(p.name for p in (tmp_path / "straight" / "seed5").iterdir() if (p / "config.json").is_file())
+    assert names == ["k2-off0-ratio0", "k4-off0-ratio0", "k4-off0-ratio0.01", "k4-off0.001-ratio0"]
+    for n in names:
+        a = load_file(str(tmp_path / "straight" / "seed5" / n / "model.safetensors"))
+        b = load_file(str(tmp_path / "resumed" / "seed5" / n / "model.safetensors"))
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+        cfg = json.loads((tmp_path / "straight" / "seed5" / n / "config.json").read_text())
+        assert cfg["init_seed"] == 5
+    info = json.loads((tmp_path / "resumed" / "seed5" / "training.json").read_text())
+    assert info["steps"] == 6 and info["curve"]["step"] == [0, 2, 4, 6]
