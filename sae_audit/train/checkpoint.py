@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from sae_audit import distributed
 from sae_audit.errors import SaeAuditError
 
 STATE_NAME = "state.pt"
@@ -40,6 +41,7 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
         "step": int(step),
         "vectors": int(vectors),
         "train": train.to_dict(),
+        "world_size": distributed.world().world_size,
         "runs": [
             {
                 "config": run.sae.config.to_dict(),
@@ -97,6 +99,11 @@ def _restore(state: dict, folder, runs, train) -> tuple[int, int]:
             f"cannot resume: the checkpoint in {Path(folder)} was written with other training settings "
             f"({', '.join(diff)}); rerun with the same options or start afresh with `overwrite`"
         )
+    size, saved_size = distributed.world().world_size, int(state.get("world_size", 1))
+    if saved_size != size:
+        raise SaeAuditError(f"cannot resume: the checkpoint in {Path(folder)} was written by {saved_size} "
+                            f"process(es) and this run has {size}; resume with the same number of processes "
+                            "(torchrun --nproc_per_node and --nnodes) or start afresh with `overwrite`")
     if len(state["runs"]) != len(runs):
         raise SaeAuditError(
             f"cannot resume: the checkpoint holds {len(state['runs'])} SAEs, this run trains {len(runs)}"
