@@ -303,10 +303,13 @@ def write_activation_cache(request: CacheRequest, progress: bool = True) -> Acti
     folders = [request.data] if os.path.isdir(request.data) else []
     # The cache writes its shards in place (resumable); the folder is checked and locked for the run, and an
     # overwrite removes only the cache's own files (meta.json, shards).
-    with OutputFolder(request.out, overwrite=True, inputs=inputs, image_folders=folders):
-        image_set = open_image_set(request.data, images.max_images, images.seed, max_pixels=images.max_pixels)
-        vm = load_model(request.model)
-        vm.check_hook_point(hook)
+    with contextlib.ExitStack() as stack:
+        with distributed.together():  # under torchrun rank 0 alone checks and locks the folder
+            if distributed.is_main():
+                stack.enter_context(OutputFolder(request.out, overwrite=True, inputs=inputs, image_folders=folders))
+            image_set = open_image_set(request.data, images.max_images, images.seed, max_pixels=images.max_pixels)
+            vm = load_model(request.model)
+            vm.check_hook_point(hook)
         path = cache_activations(
             vm, hook, image_set, request.out, shard_rows=request.shard_rows, dtype=request.dtype,
             batch_size=images.batch_size, resume=request.resume, overwrite=request.overwrite, strict=images.strict,
