@@ -27,8 +27,9 @@ STATE_NAME = "state.pt"
 CHECKPOINT_SCHEMA_VERSION = 1
 
 
-def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
-    """Write the state of every run in ``runs`` after ``step`` steps (atomically).
+def save_checkpoint(folder, runs, train, step: int, vectors: int, name: str = STATE_NAME) -> Path:
+    """Write the state of every run in ``runs`` after ``step`` steps (atomically) to ``folder/name``
+    (under torchrun with the SAEs placed on ranks, each rank writes its own, :func:`rank_state_name`).
 
     Raises:
         SaeAuditError: the disk is full or the folder is not writable (the previous
@@ -53,8 +54,8 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
             for run in runs
         ],
     }
-    final = folder / STATE_NAME
-    tmp = folder / (STATE_NAME + ".tmp")
+    final = folder / name
+    tmp = folder / (name + ".tmp")
     try:
         torch.save(state, tmp)
         os.replace(tmp, final)
@@ -65,14 +66,19 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
     return final
 
 
-def load_checkpoint(folder, runs, train) -> tuple[int, int]:
+def rank_state_name(rank: int) -> str:
+    """The checkpoint file of ``rank`` when each rank trains its own SAEs (rank 0's is ``state.pt``)."""
+    return STATE_NAME if rank == 0 else f"state-rank{rank:03d}.pt"
+
+
+def load_checkpoint(folder, runs, train, name: str = STATE_NAME) -> tuple[int, int]:
     """Restore ``runs`` (built from the same configs) from ``folder``; return ``(step, vectors)``.
 
     Raises:
         SaeAuditError: no checkpoint, an unreadable one, or one written by a run
             with other SAE configs or training settings.
     """
-    path = Path(folder) / STATE_NAME
+    path = Path(folder) / name
     if not path.is_file():
         raise SaeAuditError(f"no training checkpoint to resume from in {Path(folder)}; start without `resume`",
                             field="resume")

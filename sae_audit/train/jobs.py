@@ -100,6 +100,9 @@ class TrainRequest:
                                                 "model's device)")
     overwrite: bool = option(False, help="replace the SAE files in the output folder if it exists")
     resume: bool = option(False, help="continue an interrupted run from OUT/.checkpoint (same options and data)")
+    distribute_saes: bool = option(False, help="under torchrun, train each SAE of the sweep on one rank (round "
+                                               "robin) from the activations every rank reads, instead of every SAE "
+                                               "data-parallel on all ranks")
 
     def __post_init__(self) -> None:
         _as_tuple(self, "k", int)
@@ -244,7 +247,7 @@ def _train(request: TrainRequest, folder: OutputFolder, ckpt_dir: Path, progress
     t0 = time.perf_counter()
     trained = fit_saes(configs, chunks, optim, device=device, progress=progress,
                        checkpoint_dir=ckpt_dir if (optim.checkpoint_every or request.resume) else None,
-                       resume=request.resume)
+                       resume=request.resume, distribute=request.distribute_saes)
     seconds = time.perf_counter() - t0
     n_skipped = sum(distributed.all_gather(skipped_of()))
     if folder is None:  # another rank of a torchrun job: rank 0 holds the same SAEs and writes them

@@ -220,6 +220,7 @@ def fit_saes(
     progress: bool = True,
     checkpoint_dir=None,
     resume: bool = False,
+    distribute: bool = False,
 ) -> list[tuple[TopKSAE, TrainSummary]]:
     """Train one SAE per config from a single pass over activation ``chunks``.
 
@@ -235,6 +236,12 @@ def fit_saes(
             must replay the same stream (a cache read with the same seed, or the
             same model and images); the steps already done are skipped, so the
             result equals an uninterrupted run's.
+        distribute: under torchrun, place the SAEs on the ranks (config ``i`` on rank
+            ``i mod world size``, as sparsify's ``--distribute_modules``) instead of
+            training each data-parallel: every rank reads the whole stream and trains
+            its own SAEs on full batches, so the weights equal one process's; each rank
+            checkpoints its own (:func:`~sae_audit.train.checkpoint.rank_state_name`)
+            and the trained SAEs are all-gathered at the end.
     Returns:
         ``(sae, summary)`` per config, SAEs in eval mode with ``norm_scale``
         recorded in their configs.
@@ -276,9 +283,13 @@ def fit_saes(
     mean_norm = eval_x.norm(dim=1).mean().item()
     scale = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
 
+    world = distributed.world()
+    placed = distribute and world.active
+    mine = [i for i in range(len(configs)) if not placed or i % world.world_size == world.rank]
+    state_name = ckpt.rank_state_name(world.rank) if placed else ckpt.STATE_NAME
     runs: list[TrainingRun] = []
-    for i, cfg in enumerate(configs):
-        cfg = replace(cfg, norm_scale=scale if cfg.normalisation == "scalar" else 1.0)
+    for i in mine:
+        cfg = replace(configs[i], norm_scale=scale if configs[i].normalisation == "scalar" else 1.0)
         runs.append(TrainingRun(cfg, seed=train.seed + i, lr=train.lr, device=device, x_held=eval_x,
                          b_dec_init=train.b_dec_init, sample_seed=train.seed))
 
@@ -288,14 +299,15 @@ def fit_saes(
     if resume:
         if checkpoint_dir is None:
             raise SaeAuditError("resume asked for but no checkpoint folder given")
-        step, vectors = ckpt.load_checkpoint(checkpoint_dir, runs, train)
+        step, vectors = ckpt.load_checkpoint(checkpoint_dir, runs, train, state_name)
         for _ in range(step):  # replay the deterministic stream up to where the checkpoint was taken
             if next(batches, None) is None:
                 raise SaeAuditError("the activation stream is shorter than the checkpoint; it is not the same data")
     use_bf16 = resolve_precision(train.precision, device)
     bar = tqdm(total=train.max_vectors, initial=vectors, unit="vec", unit_scale=True, desc="training",
                disable=not (progress and distributed.is_main()))
-    parallel = distributed.world().active  # every rank reads the same batches and trains on its shard of each
+    failed: SaeAuditError | None = None
+    parallel = world.active and not placed  # every rank reads the same batches and trains on its shard of each
     for x in batches:
         x = x.to(device)
         if not torch.isfinite(x).all():
@@ -312,17 +324,21 @@ def fit_saes(
                 out = run.step(x[part.start:part.stop], train.lr * factor, use_bf16, n_rows=x.shape[0])
             v = float(out.nmse)
             if not math.isfinite(v):
-                raise SaeAuditError(
+                failed = SaeAuditError(
                     f"training diverged at step {step + 1}: the reconstruction loss of SAE k={run.sae.k} became {v}; "
                     f"lower `optim.lr` (now {train.lr:g}) and train again (nothing was written)", field="optim.lr")
+                if not placed:
+                    raise failed
+                runs = []  # this rank's SAEs stop; it keeps reading the shared stream and every rank fails at the end
+                break
             run.nmse_ema = v if run.nmse_ema is None else 0.95 * run.nmse_ema + 0.05 * v
         step += 1
         vectors += x.shape[0]
         bar.update(x.shape[0])
         if checkpoint_dir is not None and train.checkpoint_every and step % train.checkpoint_every == 0 \
-                and distributed.is_main():  # every rank holds the same state; rank 0 writes it
-            ckpt.save_checkpoint(checkpoint_dir, runs, train, step, vectors)
-        if step % 10 == 1:
+                and (placed or distributed.is_main()):  # data parallel: the same state everywhere, rank 0 writes it
+            ckpt.save_checkpoint(checkpoint_dir, runs, train, step, vectors, state_name)
+        if step % 10 == 1 and runs:
             first = runs[0]
             bar.set_postfix(
                 loss=f"{float(out.loss.detach()):.3f}",
@@ -361,6 +377,15 @@ def fit_saes(
                 ),
             )
         )
+    if placed:  # every rank's SAEs, in config order
+        def payload():
+            if failed is not None:
+                raise failed
+            return [(i, sae.cpu(), summary) for i, (sae, summary) in zip(mine, results)]
+
+        got = distributed.gather_outcome(payload)
+        results = [(sae.to(device), summary) for _, sae, summary in sorted((t for g in got for t in g),
+                                                                            key=lambda t: t[0])]
     return results
 
 

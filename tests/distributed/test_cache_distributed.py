@@ -94,7 +94,7 @@ def test_train_from_the_model_under_torchrun(setup, tmp_path):
     every image's rows once (the same number of vectors as one process)."""
     root, model, images = setup
     args = ["train", model, "--hook", "block.2", "--data", images, "--k", "4", "--expansion", "2",
-            "--max-vectors", "700", "--eval-vectors", "200", "--sae-batch-size", "32", "--batch-size", "4",
+            "--max-vectors", "5000", "--eval-vectors", "200", "--sae-batch-size", "32", "--batch-size", "4",
             "--device", "cpu", "--precision", "float32"]
     single = one_process([*args, "--out", tmp_path / "one", "-q"])
     assert single.returncode == 0, single.stderr
@@ -102,5 +102,6 @@ def test_train_from_the_model_under_torchrun(setup, tmp_path):
     assert dist.returncode == 0, dist.stdout + dist.stderr
     card_one = (tmp_path / "one" / "README.md").read_text()
     card_two = (tmp_path / "two" / "README.md").read_text()
-    line = next(line for line in card_one.splitlines() if "vectors" in line)
+    line = next(line for line in card_one.splitlines() if "training vectors / steps" in line)
+    assert "| 760 / 24 " in line  # the stream ran out: 60 images x 16 patch rows, less 200 held out
     assert line in card_two

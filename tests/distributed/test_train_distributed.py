@@ -127,3 +127,20 @@ def test_a_killed_rank_is_restarted_and_the_result_equals_an_uninterrupted_run(c
     for name in a:
         for t in a[name]:
             torch.testing.assert_close(b[name][t], a[name][t], atol=1e-5, rtol=1e-5)
+
+
+def test_distribute_saes_places_each_sae_on_one_rank_with_the_weights_of_one_process(cache_dir, tmp_path):
+    """Three SAEs on two ranks (rank 0: k4 and k12, rank 1: k8), each trained on whole batches of the stream every
+    rank reads: the weights equal one process's exactly, and each rank checkpoints its own SAEs."""
+    args = ["train", "--cache", cache_dir, *TRAIN, "--k", "4", "8", "12", "--checkpoint-every", "30"]
+    single = one_process([*args, "--out", tmp_path / "one", "-q"])
+    assert single.returncode == 0, single.stderr
+    dist = torchrun([*args, "--distribute-saes", "--out", tmp_path / "two"])
+    assert dist.returncode == 0, dist.stdout + dist.stderr
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert sorted(a) == sorted(b) == ["k12-off0-ratio0", "k4-off0-ratio0", "k8-off0-ratio0"]
+    for name in a:
+        for t in a[name]:
+            assert torch.equal(a[name][t], b[name][t]), (name, t)
+    card = (tmp_path / "two" / "k8-off0-ratio0" / "README.md").read_text()
+    assert "6000 / " in card  # trained on rank 1, written by rank 0 with its summary
