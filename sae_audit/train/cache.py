@@ -323,7 +323,7 @@ def _cache_by_ranks(vm, hook_point, image_set, out: Path, identity: dict, *, sha
                     return "complete"
                 raise SaeAuditError(f"cannot resume {out} with {size} processes: one process was writing it; resume "
                                     "it without torchrun", field="resume")
-            if resume:
+            if resume and any(_RECORD_RE.match(p.name) for p in out.iterdir()):
                 _check_world_size(out, size)
             elif overwrite:
                 _remove_cache_files(out)

@@ -302,6 +302,12 @@ def write_activation_cache(request: CacheRequest, progress: bool = True) -> Acti
     """
     hook = HookPoint.parse(request.hook, request.tokens)
     images = request.images
+    out = Path(request.out)
+    if not request.resume and distributed.restarted() and ((out / "meta.json").exists() or any(
+            out.glob("meta.rank-*.json"))):
+        # torchrun --max-restarts restarted the job after a worker died: continue the cache (its identity is checked)
+        logger.info("restarted by torchrun: resuming the cache in %s", request.out)
+        request = replace(request, resume=True)
     inputs = [n for n in (request.model.name, request.data) if os.path.lexists(os.path.expanduser(n))]
     folders = [request.data] if os.path.isdir(request.data) else []
     # The cache writes its shards in place (resumable); the folder is checked and locked for the run, and an
