@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from sae_audit.audit.request import AuditSettings
 from sae_audit import distributed
+from sae_audit.audit.request import AuditSettings
 from sae_audit.data import ImageSet, Subset, iter_batches
 from sae_audit.errors import SaeAuditError
 from sae_audit.models import FamilyAdapter, HookPoint, VisionModel, capture, capture_and_pool, select_tokens

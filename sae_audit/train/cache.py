@@ -15,6 +15,11 @@ the listed shards), ``images_done`` (images of the set consumed so far),
 ``shards`` (file name, rows, and the half-open range of image indices each
 holds) and ``complete``.
 
+Under torchrun (:mod:`sae_audit.distributed`) rank ``r`` of ``W`` writes its share
+of the images as ``shard-rRRR-NNNNN.safetensors`` with its own progress record
+``meta.rank-RRR-of-WWW.json`` (the same keys, for its share); rank 0 merges the
+records into ``meta.json`` at the end (:func:`_cache_by_ranks`).
+
 Crash safety: every shard holds the activations of a whole number of images
 and is written under a ``.tmp`` name and renamed; ``meta.json`` is rewritten
 (also temp-then-rename) *after* each shard lands. A shard that is on disk but

@@ -172,6 +172,10 @@ def train_saes(request: TrainRequest, progress: bool = True) -> list[TrainedSAE]
     Checkpoints go to ``out/.checkpoint`` every ``optim.checkpoint_every`` steps
     and are removed once every SAE is written; ``resume`` continues from one
     (the same settings and data give the same weights as an uninterrupted run).
+    Under torchrun (:mod:`sae_audit.distributed`) every SAE trains data-parallel
+    (or, with ``distribute_saes``, each on one rank), rank 0 alone holds the
+    output folder and writes the checkpoint and the SAEs, and a worker that
+    torchrun restarted (``--max-restarts``) resumes from the checkpoint by itself.
 
     Raises:
         SaeAuditError: the output folder exists (without ``overwrite``), no
@@ -295,6 +299,10 @@ class CacheRequest:
 
 def write_activation_cache(request: CacheRequest, progress: bool = True) -> ActivationCache:
     """Write the cache a :class:`CacheRequest` describes (resumable); the opened cache.
+
+    Under torchrun each rank writes its share of the images (see
+    :func:`sae_audit.train.cache.cache_activations`); a worker that torchrun
+    restarted resumes the cache by itself.
 
     Raises:
         SaeAuditError: as :func:`sae_audit.train.cache.cache_activations`, plus

@@ -97,3 +97,20 @@ def test_two_nodes_on_loopback(setup, tmp_path):
     assert b["provenance"]["world_size"] == 2
     assert differences(a, b) == []
     assert root.exists()
+
+
+def test_an_error_on_rank_1_alone_stops_every_rank_with_one_message(setup, tmp_path):
+    """Under --strict an unreadable image in rank 1's share fails rank 1 only; rank 0 learns it at the end of the
+    image set, and both exit 2 without a traceback; nothing is written."""
+    root, model, sae, ids, ood = setup
+    broken = make_image_folder(tmp_path / "broken", n_per_class=5, classes=("circle", "square"), seed=5)
+    (broken / "zz-last").mkdir()
+    (broken / "zz-last" / "bad.png").write_bytes(b"not a png")  # the set's last image: rank 1's share
+    args = ["run", model, "--sae", sae, "--id", ids, "--ood", broken, "--out", tmp_path / "out", "--device", "cpu",
+            "--batch-size", "4", "--strict"]
+    dist = torchrun(args, timeout=120)
+    assert dist.returncode != 0
+    assert dist.stderr.count("sae-audit: error:") == 1, dist.stderr
+    assert "(rank 1)" in dist.stderr and "bad.png" in dist.stderr
+    assert "Traceback (most recent call last):\n  File \"/" not in dist.stderr.split("ChildFailedError")[0]
+    assert not (tmp_path / "out" / "results.json").exists()
