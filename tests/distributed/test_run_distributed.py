@@ -28,13 +28,20 @@ def audit_args(setup, out, *extra):
             "--batch-size", "4", "--bootstrap", "50", "--suite", "all", *extra]
 
 
-def test_two_processes_equal_one(setup):
+@pytest.fixture(scope="module")
+def single(setup) -> dict:
+    """The one-process audit every distributed one is compared with."""
     root = setup[0]
-    single = one_process(audit_args(setup, root / "one", "-q"))
-    assert single.returncode == 0, single.stderr
+    done = one_process(audit_args(setup, root / "one", "-q"))
+    assert done.returncode == 0, done.stderr
+    return json.loads((root / "one" / "results.json").read_text())
+
+
+def test_two_processes_equal_one(setup, single):
+    root = setup[0]
     dist = torchrun(audit_args(setup, root / "two"))
     assert dist.returncode == 0, dist.stdout + dist.stderr
-    a = json.loads((root / "one" / "results.json").read_text())
+    a = single
     b = json.loads((root / "two" / "results.json").read_text())
     assert b["provenance"]["world_size"] == 2 and b["provenance"]["backend"] == "gloo"
     assert a["provenance"]["world_size"] == 1 and a["provenance"]["backend"] is None
@@ -72,7 +79,7 @@ def test_a_user_error_on_every_rank_ends_the_job_with_one_message(setup, tmp_pat
     assert (tmp_path / "out" / "mine.txt").read_text() == "not an audit folder"
 
 
-def test_two_nodes_on_loopback(setup, tmp_path):
+def test_two_nodes_on_loopback(setup, single, tmp_path):
     """Two torchrun invocations (``--nnodes 2``), one process each, meeting at 127.0.0.1."""
     import subprocess
     import sys
@@ -81,8 +88,6 @@ def test_two_nodes_on_loopback(setup, tmp_path):
 
     root = setup[0]
     port = free_port()
-    single = one_process(audit_args(setup, tmp_path / "one", "-q"))
-    assert single.returncode == 0, single.stderr
     procs = []
     for node in (0, 1):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
@@ -92,10 +97,9 @@ def test_two_nodes_on_loopback(setup, tmp_path):
                                       text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert b["provenance"]["world_size"] == 2
-    assert differences(a, b) == []
+    assert differences(single, b) == []
     assert root.exists()
 
 
