@@ -22,14 +22,14 @@ def env() -> dict:
     e = dict(os.environ)
     e["PYTHONPATH"] = os.pathsep.join([str(REPO), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     e["OMP_NUM_THREADS"] = "1"
-    e["SAE_AUDIT_DIST_TIMEOUT"] = "120"
+    e["SAE_AUDIT_DIST_TIMEOUT"] = "600"  # a loaded 2-core CI machine can take minutes to start 3 ranks
     e["GLOO_SOCKET_IFNAME"] = "lo"
     e.pop("CUDA_VISIBLE_DEVICES", None)
     e["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU, as in CI
     return e
 
 
-def torchrun(args: list[str], nproc: int = 2, extra: list[str] | None = None, timeout: float = 300,
+def torchrun(args: list[str], nproc: int = 2, extra: list[str] | None = None, timeout: float = 900,
              **popen) -> subprocess.CompletedProcess:
     """``python -m torch.distributed.run --standalone --nproc_per_node N -m sae_audit.cli ARGS``."""
     launch = extra if extra is not None else ["--standalone", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
@@ -38,7 +38,7 @@ def torchrun(args: list[str], nproc: int = 2, extra: list[str] | None = None, ti
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen)
 
 
-def one_process(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def one_process(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "sae_audit.cli", *map(str, args)]
     return subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout, cwd=REPO)
 

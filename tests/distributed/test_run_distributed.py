@@ -73,7 +73,7 @@ def test_a_user_error_on_every_rank_ends_the_job_with_one_message(setup, tmp_pat
     root, model, sae, ids, ood = setup
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "mine.txt").write_text("not an audit folder")
-    dist = torchrun(audit_args(setup, tmp_path / "out"), timeout=120)
+    dist = torchrun(audit_args(setup, tmp_path / "out"), timeout=900)
     assert dist.returncode != 0
     assert dist.stderr.count("sae-audit: error:") == 1, dist.stderr
     assert (tmp_path / "out" / "mine.txt").read_text() == "not an audit folder"
@@ -95,7 +95,7 @@ def test_two_nodes_on_loopback(setup, single, tmp_path):
                "-m", "sae_audit.cli", *map(str, audit_args(setup, tmp_path / "two"))]
         procs.append(subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
-    outs = [p.communicate(timeout=300) for p in procs]
+    outs = [p.communicate(timeout=900) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert b["provenance"]["world_size"] == 2
@@ -112,7 +112,7 @@ def test_an_error_on_rank_1_alone_stops_every_rank_with_one_message(setup, tmp_p
     (broken / "zz-last" / "bad.png").write_bytes(b"not a png")  # the set's last image: rank 1's share
     args = ["run", model, "--sae", sae, "--id", ids, "--ood", broken, "--out", tmp_path / "out", "--device", "cpu",
             "--batch-size", "4", "--strict"]
-    dist = torchrun(args, timeout=120)
+    dist = torchrun(args, timeout=900)
     assert dist.returncode != 0
     assert dist.stderr.count("sae-audit: error:") == 1, dist.stderr
     assert "(rank 1)" in dist.stderr and "bad.png" in dist.stderr

@@ -115,7 +115,7 @@ def test_a_killed_rank_is_restarted_and_the_result_equals_an_uninterrupted_run(c
         _wait_for(out / ".checkpoint" / "state.pt", proc)
         victim = _worker_of_rank(proc.pid, 1)
         os.kill(victim, signal.SIGKILL)
-        stdout, stderr = proc.communicate(timeout=300)
+        stdout, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()
