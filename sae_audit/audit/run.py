@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import replace
 
+from sae_audit import distributed
 from sae_audit.audit.contributors import plugins_that_took_part
 from sae_audit.audit.request import AuditRequest, AuditSettings
 from sae_audit.audit.stream import (
@@ -73,6 +74,7 @@ def audit_loaded(
     """
     infos = resolve_suites(suites)
     plugins = get_plugin_manager()
+    progress = progress and distributed.is_main()
     if not saes:
         raise SaeAuditError("no SAE to audit: pass at least one `saes`", field="saes")
     if not ood_sets:
@@ -158,6 +160,7 @@ def audit_loaded(
     took_part = plugins_that_took_part(plugins, vm, saes, all_sets, infos)
     results = build_results(vm, datasets, sae_entries, settings=settings_json, plugins=took_part)
     results["metrics"].update({m.key: m.to_json() for info in infos for m in info.metrics})
+    results["provenance"].update(distributed.world().to_json())
     extensions = _run_finished(results)
     if extensions:
         results["extensions"] = extensions
@@ -180,21 +183,22 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
             models, and ``fail_on`` conditions that name a set the audit does not
             have (the message names the field).
     """
-    suite_names = [i.name for i in resolve_suites(request.suites)]
-    images = request.settings.images
-    id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
-    ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
-                for s in request.ood_sets]
-    _check_conditions(request, suite_names, id_set.name, [id_set.name, *(s.name for s in ood_sets)])
-    saes = _load_saes(request)
-    model_spec = _resolution(request.model, saes)
-    vm = load_model(model_spec)
-    saes = [replace(s, sae=s.sae.to(vm.device)) for s in saes]
-    judge = None
-    if request.judge and "monosemanticity" in suite_names:
-        judge = load_model(replace(model_spec, name=request.judge, revision=None, image_size=None))
-    elif request.judge:
-        logger.warning("sae-audit: `judge` is only used by the monosemanticity suite; ignoring it")
+    with distributed.together():  # under torchrun, a rank that cannot start stops every rank here
+        suite_names = [i.name for i in resolve_suites(request.suites)]
+        images = request.settings.images
+        id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
+        ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
+                    for s in request.ood_sets]
+        _check_conditions(request, suite_names, id_set.name, [id_set.name, *(s.name for s in ood_sets)])
+        saes = _load_saes(request)
+        model_spec = _resolution(request.model, saes)
+        vm = load_model(model_spec)
+        saes = [replace(s, sae=s.sae.to(vm.device)) for s in saes]
+        judge = None
+        if request.judge and "monosemanticity" in suite_names:
+            judge = load_model(replace(model_spec, name=request.judge, revision=None, image_size=None))
+        elif request.judge:
+            logger.warning("sae-audit: `judge` is only used by the monosemanticity suite; ignoring it")
     limit_heap_fragmentation()  # memory must not grow with the number of images (see sae_audit/memory.py)
     t0 = time.perf_counter()
     results = audit_loaded(vm, saes, id_set, ood_sets, request.settings, suite_names, judge, progress)

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sae_audit import distributed
 from sae_audit.audit.request import AuditSettings
-from sae_audit.data import ImageSet, iter_batches
+from sae_audit.data import ImageSet, Subset, iter_batches
 from sae_audit.errors import SaeAuditError
 from sae_audit.models import FamilyAdapter, HookPoint, VisionModel, capture, capture_and_pool, select_tokens
 from sae_audit.models.splice import forward_with_outputs
@@ -132,10 +133,96 @@ def audit_image_set(run: AuditContext, image_set: ImageSet, role: str = "ood") -
     the floor is computed from them, then they are merged into the set's
     accumulators.
 
+    Under torchrun each rank streams its own contiguous share of the set
+    (:func:`sae_audit.distributed.share`); the shares' accumulators are
+    all-gathered and merged in rank order (:func:`_merge_shares`), so every rank
+    holds the one-process state (bootstrap weights and the ID halves are
+    functions of the image's index in the whole set).
+
     Raises:
         SaeAuditError: no image of the set could be read (or one could not under
-            strict mode), or the model's output cannot be computed after a hook.
+            strict mode, on any rank), or the model's output cannot be computed after a hook.
     """
+    shares = distributed.gather_outcome(lambda: _stream_share(run, image_set, role))
+    covs, extra, n_images, n_half, skipped, floor_reason = _merge_shares(run.suites, shares)
+    if n_images == 0:
+        raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
+    floor = None
+    if role == "id":
+        if floor_reason is None and len(covs[0]) == 2:
+            floor_reason = floor_unavailable_reason(n_half[0], n_half[1], image_set.name)
+        floor = tuple(_floor(run.suites, cov, more, image_set, n_half, floor_reason) for cov, more in zip(covs, extra))
+    description = dict(image_set.describe())
+    description.update(dataset_fingerprint(image_set))
+    description.update({
+        "n_images": n_images,
+        "n_skipped": len(skipped),
+        "skipped": [{"item": str(a), "reason": str(b)} for a, b in skipped[:20]],
+    })
+    return ImageSetAudit(tuple(cov[0] for cov in covs), tuple({k: v[0] for k, v in more.items()} for more in extra),
+                         description, floor)
+
+
+@dataclass
+class _Share:
+    """What one rank's share of an image set produced (before the ranks' shares are merged)."""
+
+    covs: list
+    extra: list
+    n_images: int
+    n_half: list
+    skipped: list
+    floor_reason: str | None
+
+
+def _merge_shares(infos, shares: list[_Share]) -> tuple:
+    """Merge the ranks' shares in rank order into the first: ``(covs, extra, n_images, n_half, skipped,
+    floor_reason)``. One share (one process) is returned as it is."""
+    first = shares[0]
+    for other in shares[1:]:
+        for cov, cov_o, more, more_o in zip(first.covs, other.covs, first.extra, other.extra):
+            for acc, acc_o in zip(cov, cov_o):
+                acc.merge(acc_o)
+            for info in infos:
+                for acc, acc_o in zip(more[info.name], more_o[info.name]):
+                    _suite_call(info, "merge", acc.merge, acc_o)
+        first.n_images += other.n_images
+        first.n_half = [a + b for a, b in zip(first.n_half, other.n_half)]
+        first.skipped = first.skipped + other.skipped
+    return first.covs, first.extra, first.n_images, first.n_half, first.skipped, first.floor_reason
+
+
+def _rank_batches(image_set: ImageSet, preprocess, settings: AuditSettings, progress: bool):
+    """``(batches, skipped)``: this rank's share of ``image_set`` in batches whose ``indices`` are the
+    whole set's, and a function giving its unreadable images once iterated. One process reads the whole set."""
+    world = distributed.world()
+    label = image_set.name if progress and distributed.is_main() else None
+    if not world.active:
+        it = iter_batches(image_set, preprocess, settings.images.batch_size, strict=settings.images.strict,
+                          progress=label)
+        return it, lambda: it.skipped
+    part = distributed.share(len(image_set))
+    skipped: list = []
+    if len(part) == 0:
+        return iter(()), lambda: skipped
+    it = iter_batches(Subset(image_set, part), preprocess, settings.images.batch_size,
+                      strict=settings.images.strict, progress=label)
+
+    def batches():
+        try:
+            for batch in it:
+                yield dataclasses.replace(batch, indices=batch.indices + part.start)
+        except SaeAuditError:
+            if settings.images.strict or it.n_ok:  # a share with no readable image is fine if others have some
+                raise
+        finally:
+            skipped.extend(it.skipped)
+
+    return batches(), lambda: skipped
+
+
+def _stream_share(run: AuditContext, image_set: ImageSet, role: str) -> _Share:
+    """Stream this rank's share of ``image_set`` (all of it for one process) into fresh accumulators."""
     vm, saes, settings = run.model, run.saes, run.settings
     judge = run.judge
     seed = settings.images.seed
@@ -165,8 +252,7 @@ def audit_image_set(run: AuditContext, image_set: ImageSet, role: str = "ood") -
     preprocess = vm.preprocess
     if want_emb and judge is not None and judge is not vm:
         preprocess = _PairedPreprocess(vm, judge)
-    it = iter_batches(image_set, preprocess, settings.images.batch_size, strict=settings.images.strict,
-                      progress=image_set.name if run.progress else None)
+    it, skipped = _rank_batches(image_set, preprocess, settings, run.progress)
     n_images, checked, n_half = 0, False, [0, 0]
     hps = [HookPoint.parse(h) for h in sorted({s.hook_point.name for s in saes})]
     # The audited model as its own judge: one full forward gives both the block
@@ -219,22 +305,7 @@ def audit_image_set(run: AuditContext, image_set: ImageSet, role: str = "ood") -
                     if info.plugin != BUILTIN:
                         check_first_finish(info, more[info.name][0])
         checked = True
-    if n_images == 0:
-        raise SaeAuditError(f"no readable image in image set {image_set.name!r}")
-    floor = None
-    if role == "id":
-        if split is not None:
-            floor_reason = floor_unavailable_reason(n_half[0], n_half[1], image_set.name)
-        floor = tuple(_floor(run.suites, cov, more, image_set, n_half, floor_reason) for cov, more in zip(covs, extra))
-    description = dict(image_set.describe())
-    description.update(dataset_fingerprint(image_set))
-    description.update({
-        "n_images": n_images,
-        "n_skipped": len(it.skipped),
-        "skipped": [{"item": str(a), "reason": str(b)} for a, b in it.skipped[:20]],
-    })
-    return ImageSetAudit(tuple(cov[0] for cov in covs), tuple({k: v[0] for k, v in more.items()} for more in extra),
-                         description, floor)
+    return _Share(covs, extra, n_images, n_half, list(skipped()), floor_reason)
 
 
 def _floor(infos, cov: list, more: dict, image_set: ImageSet, n_half: list[int], reason: str | None) -> dict:

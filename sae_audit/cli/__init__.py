@@ -15,6 +15,7 @@ to fix; no traceback); 3 an internal error (a bug: the traceback is printed);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -172,10 +173,17 @@ def main(argv: list[str] | None = None, *, plugins=None) -> int:
 
 
 def _run(args) -> int:
+    """Call the command; under torchrun, join the process group first (:mod:`sae_audit.distributed`) and
+    let rank 0 alone print (every rank fails together, so rank 0's message names the failed rank's error)."""
+    from sae_audit import distributed
+
     try:
-        return int(args.func(args) or EXIT_OK)
+        world = distributed.init_from_environment()
+        with _rank_output(world):
+            return int(args.func(args) or EXIT_OK)
     except SaeAuditError as exc:
-        print(f"sae-audit: error: {exc.with_names(getattr(args, 'flags', None) or {})}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"sae-audit: error: {exc.with_names(getattr(args, 'flags', None) or {})}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("sae-audit: interrupted", file=sys.stderr)
@@ -187,6 +195,25 @@ def _run(args) -> int:
         traceback.print_exc()
         print("sae-audit: internal error (please report it with the traceback above)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        distributed.shutdown()
+
+
+@contextlib.contextmanager
+def _rank_output(world):
+    """Ranks other than 0 print nothing while the command runs (their log, summaries and warnings go nowhere;
+    their errors reach rank 0 through the collectives)."""
+    if not world.active or world.rank == 0:
+        yield
+        return
+    logger = logging.getLogger("sae_audit")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
 from pathlib import Path
 
+from sae_audit import distributed
 from sae_audit.audit import AuditRequest, AuditSettings, run_audit
 from sae_audit.cli.common import (
     add,
@@ -82,9 +84,14 @@ def cmd_run(args) -> int:
             raise SaeAuditError(f"the per-latent table {path} needs the {suffix} suffix")
         if path and Path(path).exists() and not args.overwrite:
             raise SaeAuditError(f"{path} already exists; pass --overwrite to replace it")
-    with OutputFolder(args.out, overwrite=args.overwrite, inputs=request.input_paths(),
-                      image_folders=request.image_folders()) as folder:  # checked and locked before any work
+    with contextlib.ExitStack() as stack:
+        with distributed.together():  # under torchrun rank 0 alone checks, locks and writes the folder
+            folder = stack.enter_context(OutputFolder(args.out, overwrite=args.overwrite, inputs=request.input_paths(),
+                                                      image_folders=request.image_folders())) \
+                if distributed.is_main() else None  # checked and locked before any work
         results = run_audit(request, progress=not args.quiet)
+        if folder is None:  # another rank of a torchrun job: the results equal rank 0's, which writes them
+            return _gate(args, results, request, Path(args.out), [])
         results["provenance"]["command"] = shlex.join(["sae-audit", *map(str, getattr(args, "argv", []) or [])])
         write_files(folder.stage(), report_files(results))
         paths = folder.commit()

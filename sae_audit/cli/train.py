@@ -32,6 +32,7 @@ def configure(sub) -> None:
     add(train, "--cache", TrainRequest, "cache")
     add(train, "--checkpoint-every", TrainConfig, "checkpoint_every", field="optim.checkpoint_every", type=int)
     add(train, "--resume", TrainRequest, "resume", action="store_true")
+    add(train, "--distribute-saes", TrainRequest, "distribute_saes", action="store_true")
     add(train, "--precision", TrainConfig, "precision", field="optim.precision")
     add(train, "--k", TrainRequest, "k", type=int, nargs="+", required=True)
     add(train, "--expansion", TrainRequest, "expansion", type=float, required=True)
@@ -84,6 +85,7 @@ def train_request_from(args) -> TrainRequest:
         tokens=args.tokens, images=image_options(args), l1_off=tuple(args.l1_off),
         l1_l2_ratio=tuple(args.l1_l2_ratio), normalisation=args.normalise, dead_after=args.dead_after,
         optim=optim, device=args.device, overwrite=args.overwrite, resume=args.resume,
+        distribute_saes=args.distribute_saes,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sae_audit.distributed import local_device
 from sae_audit.errors import SaeAuditError, is_network_error
 from sae_audit.models.adapters import FamilyAdapter, TokenLayout
 from sae_audit.models.hookpoint import HookPoint
@@ -116,10 +117,15 @@ class VisionModel:
 def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N`` as a torch device.
 
+    Under torchrun with GPUs, ``auto`` and ``cuda`` mean this rank's GPU,
+    ``cuda:LOCAL_RANK`` (:func:`sae_audit.distributed.local_device`).
+
     Raises:
         SaeAuditError: an unknown device, or CUDA asked for where there is none.
     """
     text = str(device)
+    if text in ("auto", "cuda") and local_device() is not None:
+        return local_device()
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text == "cpu":

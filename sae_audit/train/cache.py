@@ -15,6 +15,11 @@ the listed shards), ``images_done`` (images of the set consumed so far),
 ``shards`` (file name, rows, and the half-open range of image indices each
 holds) and ``complete``.
 
+Under torchrun (:mod:`sae_audit.distributed`) rank ``r`` of ``W`` writes its share
+of the images as ``shard-rRRR-NNNNN.safetensors`` with its own progress record
+``meta.rank-RRR-of-WWW.json`` (the same keys, for its share); rank 0 merges the
+records into ``meta.json`` at the end (:func:`_cache_by_ranks`).
+
 Crash safety: every shard holds the activations of a whole number of images
 and is written under a ``.tmp`` name and renamed; ``meta.json`` is rewritten
 (also temp-then-rename) *after* each shard lands. A shard that is on disk but
@@ -39,6 +44,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from sae_audit import distributed
 from sae_audit.errors import SaeAuditError
 
 CACHE_SCHEMA_VERSION = 1
@@ -46,7 +52,9 @@ CACHE_FORMAT = "sae-audit-activations"
 META_NAME = "meta.json"
 TENSOR_NAME = "activations"
 CACHE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SHARD_RE = re.compile(r"^shard-(\d{5,})\.safetensors$")
+_SHARD_RE = re.compile(r"^shard-(r\d{3,}-)?(\d{5,})\.safetensors$")
+#: Under torchrun, each rank's progress record (merged into ``meta.json`` by rank 0 at the end).
+_RECORD_RE = re.compile(r"^meta\.rank-(\d{3,})-of-(\d{3,})\.json$")
 
 #: Keys of ``meta.json`` that must match for a resumed run to continue a cache.
 IDENTITY_KEYS = ("model", "model_revision", "hook_point", "tokens", "image_size", "dtype", "d_in", "data")
@@ -155,10 +163,6 @@ def cache_activations(
         SaeAuditError: the folder exists (without ``resume``/``overwrite``), ``resume``
             finds a cache of something else, a shard is unreadable, or the disk fills.
     """
-    from sae_audit.data import iter_batches
-    from sae_audit.data.base import Subset
-    from sae_audit.train.stream import image_activations
-
     if dtype not in CACHE_DTYPES:
         raise SaeAuditError(f"cache dtype {dtype!r} (`dtype`) must be one of {', '.join(CACHE_DTYPES)}",
                             field="dtype")
@@ -172,8 +176,14 @@ def cache_activations(
         "tokens": hook_point.tokens, "image_size": vm.image_size, "dtype": dtype, "d_in": vm.d_model,
         "data": json.loads(json.dumps(data)),
     }
+    if distributed.world().active:
+        return _cache_by_ranks(vm, hook_point, image_set, out, identity, shard_rows=shard_rows, dtype=dtype,
+                               batch_size=batch_size, resume=resume, overwrite=overwrite, strict=strict,
+                               progress=progress)
     if out.exists() and not out.is_dir():
         raise SaeAuditError(f"`out` {out} exists and is a file; name a folder", field="out")
+    if resume and out.is_dir() and not (out / META_NAME).exists():
+        _check_world_size(out, 1)
     if out.exists() and any(out.iterdir()):
         if resume and (out / META_NAME).exists():
             meta = _read_meta(out)
@@ -187,9 +197,7 @@ def cache_activations(
             if meta["complete"]:
                 return out
         elif overwrite:
-            for p in out.iterdir():
-                if p.name == META_NAME or _SHARD_RE.match(p.name) or p.name.endswith(".tmp"):
-                    p.unlink()
+            _remove_cache_files(out)
             meta = None
         else:
             hint = " (it is an activation cache: add `resume` to continue it)" if (out / META_NAME).exists() else ""
@@ -204,23 +212,38 @@ def cache_activations(
                 "shards": [], "complete": False}
         _atomic_write_text(out / META_NAME, json.dumps(meta, indent=2) + "\n")
 
+    _write_range(vm, hook_point, image_set, out, meta, META_NAME, "shard-", len(image_set), store=CACHE_DTYPES[dtype],
+                 shard_rows=shard_rows, batch_size=batch_size, strict=strict, progress=progress)
+    if meta["rows"] == 0:
+        raise SaeAuditError(f"no activations were written to {out}: no image could be read")
+    return out
+
+
+def _write_range(vm, hook_point, image_set, out: Path, meta: dict, meta_name: str, prefix: str, stop: int, *,
+                 store: torch.dtype, shard_rows: int, batch_size: int, strict: bool, progress: bool) -> None:
+    """Write the activations of images ``meta["images_done"]..stop-1`` as shards ``{prefix}NNNNN.safetensors``,
+    rewriting ``out/meta_name`` after each; mark it complete at the end."""
+    from sae_audit.data import iter_batches
+    from sae_audit.data.base import Subset
+    from sae_audit.train.stream import image_activations
+
     start = int(meta["images_done"])
-    remaining = Subset(image_set, range(start, len(image_set)))
-    store = CACHE_DTYPES[dtype]
+    remaining = Subset(image_set, range(start, stop))
     buf: list[torch.Tensor] = []
     n_buf = 0
     shard_first = start
     next_image = start
     bar = None
+    lo = int(meta.get("images_first", 0))
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(image_set), initial=start, unit="img", desc="caching")
+        bar = tqdm(total=stop - lo, initial=start - lo, unit="img", desc="caching")
 
     def flush() -> None:
         nonlocal buf, n_buf, shard_first
         rows = torch.cat(buf).to(store).contiguous()
-        name = _shard_name(len(meta["shards"]))
+        name = f"{prefix}{len(meta['shards']):05d}.safetensors"
         final, tmp = out / name, out / (name + ".tmp")
         try:
             save_file({TENSOR_NAME: rows}, str(tmp), metadata={"format": CACHE_FORMAT})
@@ -233,34 +256,142 @@ def cache_activations(
         meta["images_done"] = next_image
         meta["images_skipped"] = int(meta.get("images_skipped", 0)) + len(batches.skipped) - skipped_seen[0]
         skipped_seen[0] = len(batches.skipped)
-        _atomic_write_text(out / META_NAME, json.dumps(meta, indent=2) + "\n")
+        _atomic_write_text(out / meta_name, json.dumps(meta, indent=2) + "\n")
         buf, n_buf, shard_first = [], 0, next_image
 
     skipped_seen = [0]
-    batches = iter_batches(remaining, vm.preprocess, batch_size, strict=strict, progress=None)
-    for batch in batches:
-        acts = next(image_activations(vm, hook_point, [batch]))
-        next_image = start + int(batch.indices[-1]) + 1
-        buf.append(acts)
-        n_buf += acts.shape[0]
-        if bar is not None:
-            bar.n = next_image
-            bar.refresh()
-        if n_buf >= shard_rows:
-            flush()
+    batches = iter_batches(remaining, vm.preprocess, batch_size, strict=strict, progress=None) if len(remaining) \
+        else None
+    try:
+        for batch in batches or ():
+            acts = next(image_activations(vm, hook_point, [batch]))
+            next_image = start + int(batch.indices[-1]) + 1
+            buf.append(acts)
+            n_buf += acts.shape[0]
+            if bar is not None:
+                bar.n = next_image - lo
+                bar.refresh()
+            if n_buf >= shard_rows:
+                flush()
+    except SaeAuditError:
+        if strict or batches is None or batches.n_ok or meta_name == META_NAME:
+            raise  # under torchrun a share with no readable image is fine if other shares have some
     # Trailing unreadable images after the last good batch are consumed too.
-    next_image = len(image_set)
+    next_image = stop
     if buf:
         flush()
-    meta["images_done"] = len(image_set)
-    meta["images_skipped"] = int(meta.get("images_skipped", 0)) + len(batches.skipped) - skipped_seen[0]
+    meta["images_done"] = stop
+    meta["images_skipped"] = int(meta.get("images_skipped", 0)) + (len(batches.skipped) if batches else 0) \
+        - skipped_seen[0]
     meta["complete"] = True
-    _atomic_write_text(out / META_NAME, json.dumps(meta, indent=2) + "\n")
+    _atomic_write_text(out / meta_name, json.dumps(meta, indent=2) + "\n")
     if bar is not None:
         bar.close()
-    if meta["rows"] == 0:
-        raise SaeAuditError(f"no activations were written to {out}: no image could be read")
+
+
+def _remove_cache_files(out: Path) -> None:
+    """Remove a cache's own files (``meta.json``, shards, per-rank records, temporary files), nothing else."""
+    for p in out.iterdir():
+        if p.name == META_NAME or _SHARD_RE.match(p.name) or _RECORD_RE.match(p.name) or p.name.endswith(".tmp"):
+            p.unlink()
+
+
+def _check_world_size(out: Path, size: int) -> None:
+    """Refuse to resume per-rank records written by another number of processes."""
+    sizes = {int(m.group(2)) for m in map(_RECORD_RE.match, (p.name for p in out.iterdir())) if m}
+    if sizes - {size}:
+        raise SaeAuditError(f"cannot resume {out}: it was being written by {max(sizes)} processes under torchrun and "
+                            f"this run has {size}; resume with the same number of processes", field="resume")
+
+
+def _cache_by_ranks(vm, hook_point, image_set, out: Path, identity: dict, *, shard_rows: int, dtype: str,
+                    batch_size: int, resume: bool, overwrite: bool, strict: bool, progress: bool) -> Path:
+    """:func:`cache_activations` under torchrun: rank ``r`` writes the activations of its contiguous share of the
+    images (:func:`sae_audit.distributed.share`) as ``shard-rRRR-NNNNN.safetensors`` with its own progress record
+    ``meta.rank-RRR-of-WWW.json`` (resumable per rank, as one process's ``meta.json``); rank 0 alone checks and
+    cleans the folder first and, once every rank is done, merges the records into ``meta.json`` (shards in rank
+    order, so the rows, read in listed order, are in image order as one process writes them) and removes them."""
+    world = distributed.world()
+    rank, size = world.rank, world.world_size
+    record_name, prefix = f"meta.rank-{rank:03d}-of-{size:03d}.json", f"shard-r{rank:03d}-"
+
+    def prepare() -> str:
+        if out.exists() and not out.is_dir():
+            raise SaeAuditError(f"`out` {out} exists and is a file; name a folder", field="out")
+        if out.exists() and any(out.iterdir()):
+            if resume and (out / META_NAME).exists():
+                meta = _read_meta(out)
+                if [k for k in IDENTITY_KEYS if meta[k] != identity[k]]:
+                    raise SaeAuditError(f"cannot resume {out}: it caches something else; pass the same model, hook, "
+                                        "data and dtype, or a new `out`", field="resume")
+                if meta["complete"]:
+                    return "complete"
+                raise SaeAuditError(f"cannot resume {out} with {size} processes: one process was writing it; resume "
+                                    "it without torchrun", field="resume")
+            if resume and any(_RECORD_RE.match(p.name) for p in out.iterdir()):
+                _check_world_size(out, size)
+            elif overwrite:
+                _remove_cache_files(out)
+            else:
+                raise SaeAuditError(f"output folder {out} already exists; pass `overwrite` to replace it", field="out")
+        out.mkdir(parents=True, exist_ok=True)
+        return "write"
+
+    if distributed.gather_outcome(lambda: prepare() if world.rank == 0 else None)[0] == "complete":
+        return out
+    part = distributed.share(len(image_set))
+
+    def write_share() -> dict:
+        record = None
+        if resume and (out / record_name).is_file():
+            record = json.loads((out / record_name).read_text())
+            if [k for k in IDENTITY_KEYS if record.get(k) != identity[k]]:
+                raise SaeAuditError(f"cannot resume {out}: it caches something else; pass the same model, hook, "
+                                    "data and dtype, or a new `out`", field="resume")
+            listed = {s["file"] for s in record["shards"]}
+            for p in out.iterdir():  # this rank's own leftovers only
+                if p.name.startswith(prefix) and p.name not in listed:
+                    p.unlink()
+            _repair_listed(out, record)
+        if record is None:
+            record = {"format": CACHE_FORMAT, "schema_version": CACHE_SCHEMA_VERSION, **identity,
+                      "images_total": len(image_set), "images_first": part.start, "images_done": part.start,
+                      "images_skipped": 0, "rows": 0, "shards": [], "complete": False}
+            _atomic_write_text(out / record_name, json.dumps(record, indent=2) + "\n")
+        if not record["complete"]:
+            _write_range(vm, hook_point, image_set, out, record, record_name, prefix, part.stop,
+                         store=CACHE_DTYPES[dtype], shard_rows=shard_rows, batch_size=batch_size, strict=strict,
+                         progress=progress and world.rank == 0)
+        return record
+
+    records = distributed.gather_outcome(write_share)
+
+    def merge() -> None:
+        if world.rank != 0:
+            return
+        meta = {"format": CACHE_FORMAT, "schema_version": CACHE_SCHEMA_VERSION, **identity,
+                "images_total": len(image_set), "images_done": len(image_set),
+                "images_skipped": sum(int(r["images_skipped"]) for r in records),
+                "rows": sum(int(r["rows"]) for r in records), "shards": [s for r in records for s in r["shards"]],
+                "complete": True, "world_size": size}
+        _atomic_write_text(out / META_NAME, json.dumps(meta, indent=2) + "\n")
+        for r in range(size):
+            (out / f"meta.rank-{r:03d}-of-{size:03d}.json").unlink(missing_ok=True)
+        if meta["rows"] == 0:
+            raise SaeAuditError(f"no activations were written to {out}: no image could be read")
+
+    distributed.gather_outcome(merge)
     return out
+
+
+def _repair_listed(out: Path, meta: dict[str, Any]) -> None:
+    """Check that the shards ``meta`` lists are on disk with the rows it says."""
+    for s in meta["shards"]:
+        path = out / s["file"]
+        if not path.is_file():
+            raise SaeAuditError(f"{path} is listed in {META_NAME} but missing; the cache is damaged, rebuild it")
+        if _shard_rows(path, int(meta["d_in"]), meta["dtype"]) != int(s["rows"]):
+            raise SaeAuditError(f"{path} does not hold the {s['rows']} rows {META_NAME} lists; rebuild the cache")
 
 
 def _repair(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -269,12 +400,7 @@ def _repair(out: Path, meta: dict[str, Any]) -> dict[str, Any]:
     for p in out.iterdir():
         if p.name.endswith(".tmp") or (_SHARD_RE.match(p.name) and p.name not in listed):
             p.unlink()
-    for s in meta["shards"]:
-        path = out / s["file"]
-        if not path.is_file():
-            raise SaeAuditError(f"{path} is listed in {META_NAME} but missing; the cache is damaged, rebuild it")
-        if _shard_rows(path, int(meta["d_in"]), meta["dtype"]) != int(s["rows"]):
-            raise SaeAuditError(f"{path} does not hold the {s['rows']} rows {META_NAME} lists; rebuild the cache")
+    _repair_listed(out, meta)
     return meta
 
 

@@ -20,14 +20,16 @@ from pathlib import Path
 
 import torch
 
+from sae_audit import distributed
 from sae_audit.errors import SaeAuditError
 
 STATE_NAME = "state.pt"
 CHECKPOINT_SCHEMA_VERSION = 1
 
 
-def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
-    """Write the state of every run in ``runs`` after ``step`` steps (atomically).
+def save_checkpoint(folder, runs, train, step: int, vectors: int, name: str = STATE_NAME) -> Path:
+    """Write the state of every run in ``runs`` after ``step`` steps (atomically) to ``folder/name``
+    (under torchrun with the SAEs placed on ranks, each rank writes its own, :func:`rank_state_name`).
 
     Raises:
         SaeAuditError: the disk is full or the folder is not writable (the previous
@@ -40,6 +42,7 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
         "step": int(step),
         "vectors": int(vectors),
         "train": train.to_dict(),
+        "world_size": distributed.world().world_size,
         "runs": [
             {
                 "config": run.sae.config.to_dict(),
@@ -51,8 +54,8 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
             for run in runs
         ],
     }
-    final = folder / STATE_NAME
-    tmp = folder / (STATE_NAME + ".tmp")
+    final = folder / name
+    tmp = folder / (name + ".tmp")
     try:
         torch.save(state, tmp)
         os.replace(tmp, final)
@@ -63,14 +66,19 @@ def save_checkpoint(folder, runs, train, step: int, vectors: int) -> Path:
     return final
 
 
-def load_checkpoint(folder, runs, train) -> tuple[int, int]:
+def rank_state_name(rank: int) -> str:
+    """The checkpoint file of ``rank`` when each rank trains its own SAEs (rank 0's is ``state.pt``)."""
+    return STATE_NAME if rank == 0 else f"state-rank{rank:03d}.pt"
+
+
+def load_checkpoint(folder, runs, train, name: str = STATE_NAME) -> tuple[int, int]:
     """Restore ``runs`` (built from the same configs) from ``folder``; return ``(step, vectors)``.
 
     Raises:
         SaeAuditError: no checkpoint, an unreadable one, or one written by a run
             with other SAE configs or training settings.
     """
-    path = Path(folder) / STATE_NAME
+    path = Path(folder) / name
     if not path.is_file():
         raise SaeAuditError(f"no training checkpoint to resume from in {Path(folder)}; start without `resume`",
                             field="resume")
@@ -97,6 +105,11 @@ def _restore(state: dict, folder, runs, train) -> tuple[int, int]:
             f"cannot resume: the checkpoint in {Path(folder)} was written with other training settings "
             f"({', '.join(diff)}); rerun with the same options or start afresh with `overwrite`"
         )
+    size, saved_size = distributed.world().world_size, int(state.get("world_size", 1))
+    if saved_size != size:
+        raise SaeAuditError(f"cannot resume: the checkpoint in {Path(folder)} was written by {saved_size} "
+                            f"process(es) and this run has {size}; resume with the same number of processes "
+                            "(torchrun --nproc_per_node and --nnodes) or start afresh with `overwrite`")
     if len(state["runs"]) != len(runs):
         raise SaeAuditError(
             f"cannot resume: the checkpoint holds {len(state['runs'])} SAEs, this run trains {len(runs)}"

@@ -12,15 +12,17 @@ and :func:`sae_audit.train.cache.cache_activations`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sae_audit.data import ImageOptions, iter_batches, open_image_set
+from sae_audit import distributed
+from sae_audit.data import ImageOptions, Subset, iter_batches, open_image_set
 from sae_audit.errors import SaeAuditError
 from sae_audit.models import HookPoint, ModelSpec, load_model
 from sae_audit.models.loading import resolve_device
@@ -98,6 +100,9 @@ class TrainRequest:
                                                 "model's device)")
     overwrite: bool = option(False, help="replace the SAE files in the output folder if it exists")
     resume: bool = option(False, help="continue an interrupted run from OUT/.checkpoint (same options and data)")
+    distribute_saes: bool = option(False, help="under torchrun, train each SAE of the sweep on one rank (round "
+                                               "robin) from the activations every rank reads, instead of every SAE "
+                                               "data-parallel on all ranks")
 
     def __post_init__(self) -> None:
         _as_tuple(self, "k", int)
@@ -167,6 +172,10 @@ def train_saes(request: TrainRequest, progress: bool = True) -> list[TrainedSAE]
     Checkpoints go to ``out/.checkpoint`` every ``optim.checkpoint_every`` steps
     and are removed once every SAE is written; ``resume`` continues from one
     (the same settings and data give the same weights as an uninterrupted run).
+    Under torchrun (:mod:`sae_audit.distributed`) every SAE trains data-parallel
+    (or, with ``distribute_saes``, each on one rank), rank 0 alone holds the
+    output folder and writes the checkpoint and the SAEs, and a worker that
+    torchrun restarted (``--max-restarts``) resumes from the checkpoint by itself.
 
     Raises:
         SaeAuditError: the output folder exists (without ``overwrite``), no
@@ -175,43 +184,58 @@ def train_saes(request: TrainRequest, progress: bool = True) -> list[TrainedSAE]
     """
     out = Path(request.out)
     ckpt_dir = out / CHECKPOINT_DIR
-    if request.resume and not (ckpt_dir / "state.pt").is_file():
-        raise SaeAuditError(f"`resume`: no checkpoint in {ckpt_dir}; start without resuming", field="resume")
+    if not request.resume and distributed.restarted() and (ckpt_dir / "state.pt").is_file():
+        # torchrun --max-restarts restarted the job after a worker died: continue from the checkpoint
+        logger.info("restarted by torchrun: resuming from the checkpoint in %s", ckpt_dir)
+        request = replace(request, resume=True)
     images = [request.data] if request.data and os.path.isdir(request.data) else []
-    with OutputFolder(out, overwrite=request.overwrite or request.resume, inputs=request.input_paths(),
-                      image_folders=images) as folder:
+    with contextlib.ExitStack() as stack:
+        with distributed.together():  # under torchrun rank 0 alone checks, locks and writes the folder
+            if request.resume and not (ckpt_dir / "state.pt").is_file():  # every rank reads the checkpoint
+                raise SaeAuditError(f"`resume`: no checkpoint in {ckpt_dir}; start without resuming", field="resume")
+            folder = stack.enter_context(OutputFolder(out, overwrite=request.overwrite or request.resume,
+                                                      inputs=request.input_paths(), image_folders=images)) \
+                if distributed.is_main() else None
         written = _train(request, folder, ckpt_dir, progress)
-    if ckpt_dir.exists():
+    if folder is not None and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     return written
 
 
 def _train(request: TrainRequest, folder: OutputFolder, ckpt_dir: Path, progress: bool) -> list[TrainedSAE]:
-    if request.cache is not None:
-        cache = ActivationCache.open(request.cache)
-        meta = cache.meta
-        if request.hook and HookPoint.parse(request.hook, request.tokens).name != meta["hook_point"]:
-            raise SaeAuditError(f"`hook` {request.hook} contradicts the cache, which holds {meta['hook_point']}",
-                                field="hook")
-        hook = HookPoint.parse(meta["hook_point"], meta["tokens"])
-        d_in, model, revision, image_size = cache.d_in, meta["model"], meta["model_revision"], meta["image_size"]
-        data_desc = dict(meta["data"], size=meta["data"].get("size"))
-        chunks = cache.iter_chunks(shuffle=True, seed=request.optim.seed)
-        device = resolve_device(request.device)
-        skipped_of = lambda: int(meta.get("images_skipped", 0))  # noqa: E731
-        source = f"the cache {request.cache}"
-    else:
-        hook = HookPoint.parse(request.hook, request.tokens)
-        image_set = open_image_set(request.data, request.images.max_images, request.images.seed,
-                                   max_pixels=request.images.max_pixels)
-        vm = load_model(request.model)
-        vm.check_hook_point(hook)
-        d_in, model, revision, image_size, device = vm.d_model, request.model.name, vm.revision, vm.image_size, vm.device
-        data_desc = image_set.describe()
-        it = iter_batches(image_set, vm.preprocess, request.images.batch_size, strict=request.images.strict)
-        chunks = image_activations(vm, hook, it)
-        skipped_of = lambda: len(it.skipped)  # noqa: E731
-        source = f"{image_set.name} through {model}"
+    with distributed.together():  # under torchrun, a rank that cannot start stops every rank here
+        if request.cache is not None:
+            cache = ActivationCache.open(request.cache)
+            meta = cache.meta
+            if request.hook and HookPoint.parse(request.hook, request.tokens).name != meta["hook_point"]:
+                raise SaeAuditError(f"`hook` {request.hook} contradicts the cache, which holds {meta['hook_point']}",
+                                    field="hook")
+            hook = HookPoint.parse(meta["hook_point"], meta["tokens"])
+            d_in, model, revision, image_size = cache.d_in, meta["model"], meta["model_revision"], meta["image_size"]
+            data_desc = dict(meta["data"], size=meta["data"].get("size"))
+            chunks = cache.iter_chunks(shuffle=True, seed=request.optim.seed)
+            device = resolve_device(request.device)
+            # every rank reads the whole cache: rank 0 alone counts its skipped images
+            skipped_of = lambda: int(meta.get("images_skipped", 0)) if distributed.is_main() else 0  # noqa: E731
+            source = f"the cache {request.cache}"
+        else:
+            hook = HookPoint.parse(request.hook, request.tokens)
+            image_set = open_image_set(request.data, request.images.max_images, request.images.seed,
+                                       max_pixels=request.images.max_pixels)
+            vm = load_model(request.model)
+            vm.check_hook_point(hook)
+            d_in, model, revision = vm.d_model, request.model.name, vm.revision
+            image_size, device = vm.image_size, vm.device
+            data_desc = image_set.describe()
+            # Under torchrun each rank runs the model on its share of the images and the activations are
+            # all-gathered, so every rank reads the same stream (rank 0's batch, rank 1's, ... in turn).
+            share = distributed.share(len(image_set))
+            mine = image_set if not distributed.world().active else Subset(image_set, share)
+            it = iter_batches(mine, vm.preprocess, request.images.batch_size, strict=request.images.strict) \
+                if len(mine) else []
+            chunks = distributed.gather_stream(image_activations(vm, hook, it))
+            skipped_of = lambda: len(getattr(it, "skipped", ()))  # noqa: E731
+            source = f"{image_set.name} through {model}"
     d_sae = int(round(request.expansion * d_in))
     configs = [
         SAEConfig(d_in=d_in, d_sae=d_sae, k=k, lambda_off=off, lambda_ratio=ratio,
@@ -227,13 +251,16 @@ def _train(request: TrainRequest, folder: OutputFolder, ckpt_dir: Path, progress
     t0 = time.perf_counter()
     trained = fit_saes(configs, chunks, optim, device=device, progress=progress,
                        checkpoint_dir=ckpt_dir if (optim.checkpoint_every or request.resume) else None,
-                       resume=request.resume)
+                       resume=request.resume, distribute=request.distribute_saes)
     seconds = time.perf_counter() - t0
+    n_skipped = sum(distributed.all_gather(skipped_of()))
+    if folder is None:  # another rank of a torchrun job: rank 0 holds the same SAEs and writes them
+        return [TrainedSAE(Path(request.out), sae, summary) for sae, summary in trained]
     stage = folder.stage()
     placed = []
     for sae, summary in trained:
         name = "" if len(trained) == 1 else sae_name(sae.config)
-        card = sae_card(sae.config, summary, optim, data_desc, n_skipped=skipped_of(), seconds=seconds)
+        card = sae_card(sae.config, summary, optim, data_desc, n_skipped=n_skipped, seconds=seconds)
         sae.write_files(stage / name if name else stage, readme=card)
         placed.append((name, sae, summary))
     folder.commit()
@@ -273,20 +300,33 @@ class CacheRequest:
 def write_activation_cache(request: CacheRequest, progress: bool = True) -> ActivationCache:
     """Write the cache a :class:`CacheRequest` describes (resumable); the opened cache.
 
+    Under torchrun each rank writes its share of the images (see
+    :func:`sae_audit.train.cache.cache_activations`); a worker that torchrun
+    restarted resumes the cache by itself.
+
     Raises:
         SaeAuditError: as :func:`sae_audit.train.cache.cache_activations`, plus
             unknown models, image sets and hook points.
     """
     hook = HookPoint.parse(request.hook, request.tokens)
     images = request.images
+    out = Path(request.out)
+    if not request.resume and distributed.restarted() and ((out / "meta.json").exists() or any(
+            out.glob("meta.rank-*.json"))):
+        # torchrun --max-restarts restarted the job after a worker died: continue the cache (its identity is checked)
+        logger.info("restarted by torchrun: resuming the cache in %s", request.out)
+        request = replace(request, resume=True)
     inputs = [n for n in (request.model.name, request.data) if os.path.lexists(os.path.expanduser(n))]
     folders = [request.data] if os.path.isdir(request.data) else []
     # The cache writes its shards in place (resumable); the folder is checked and locked for the run, and an
     # overwrite removes only the cache's own files (meta.json, shards).
-    with OutputFolder(request.out, overwrite=True, inputs=inputs, image_folders=folders):
-        image_set = open_image_set(request.data, images.max_images, images.seed, max_pixels=images.max_pixels)
-        vm = load_model(request.model)
-        vm.check_hook_point(hook)
+    with contextlib.ExitStack() as stack:
+        with distributed.together():  # under torchrun rank 0 alone checks and locks the folder
+            if distributed.is_main():
+                stack.enter_context(OutputFolder(request.out, overwrite=True, inputs=inputs, image_folders=folders))
+            image_set = open_image_set(request.data, images.max_images, images.seed, max_pixels=images.max_pixels)
+            vm = load_model(request.model)
+            vm.check_hook_point(hook)
         path = cache_activations(
             vm, hook, image_set, request.out, shard_rows=request.shard_rows, dtype=request.dtype,
             batch_size=images.batch_size, resume=request.resume, overwrite=request.overwrite, strict=images.strict,

@@ -98,7 +98,7 @@ class TopKObjective:
         """``[d_sae]`` bool: latents silent for at least ``config.dead_after`` training vectors."""
         return self.tokens_since_fired >= self.sae.config.dead_after
 
-    def loss(self, x_norm: torch.Tensor) -> LossOutput:
+    def loss(self, x_norm: torch.Tensor, fired_sync=None, n_rows: int | None = None) -> LossOutput:
         """Total loss ``NMSE + alpha*AuxK + lambda_off*R_off + lambda_ratio*R_ratio`` on a batch.
 
         - NMSE: :func:`~sae_audit.sae.losses.normalised_mse` against ``data_mean``;
@@ -118,10 +118,13 @@ class TopKObjective:
             x_norm: ``[B, d_in]`` float32 inputs, already normalised
                 (:meth:`SAE.normalise_input <sae_audit.sae.base.SAE.normalise_input>`).
                 May run under ``torch.autocast``.
+            fired_sync: data-parallel training only: maps this shard's ``[d_sae]`` bool
+                fired mask to the whole batch's (an all-reduce across ranks).
+            n_rows: data-parallel training only: the whole batch's rows (default ``B``).
         Returns:
             :class:`LossOutput`.
         Side effect:
-            updates :attr:`tokens_since_fired` (adds ``B``, zeroes the latents that fired).
+            updates :attr:`tokens_since_fired` (adds ``B`` or ``n_rows``, zeroes the latents that fired).
         """
         sae, cfg = self.sae, self.sae.config
         regularised = cfg.lambda_off > 0 or cfg.lambda_ratio > 0
@@ -149,7 +152,9 @@ class TopKObjective:
         with torch.no_grad():
             fired = torch.zeros(cfg.d_sae, device=z.device).index_add_(
                 0, indices.reshape(-1), (z > 0).float().reshape(-1)) > 0
-            self.tokens_since_fired += x_norm.shape[0]
+            if fired_sync is not None:
+                fired = fired_sync(fired)
+            self.tokens_since_fired += x_norm.shape[0] if n_rows is None else n_rows
             self.tokens_since_fired.masked_fill_(fired, 0)
         zero = z.new_zeros(())
         auxk = zero

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from tqdm.auto import tqdm
 
+from sae_audit import distributed
 from sae_audit.errors import SaeAuditError
 from sae_audit.options import option
 from sae_audit.sae import SAEConfig, TopKSAE
@@ -129,15 +130,20 @@ class TrainingRun:
         perm = torch.randperm(x_norm.shape[0], generator=torch.Generator().manual_seed(sample_seed))
         self.objective.init_b_dec(x_norm[perm[:4096]], b_dec_init)
 
-    def step(self, x: torch.Tensor, lr: float, bf16: bool = False):
+    def step(self, x: torch.Tensor, lr: float, bf16: bool = False, n_rows: int | None = None):
         """One optimiser step on ``x [B, d_in]`` (model units, on the SAE's device) at learning rate ``lr``.
 
         Loss (:meth:`TopKObjective.loss <sae_audit.train.objective.TopKObjective.loss>`) under bf16
         autocast when ``bf16``, backward, parallel-gradient removal, Adam, decoder renormalisation.
         Returns the :class:`~sae_audit.train.objective.LossOutput` (terms detached, loss not).
+
+        Under torchrun (data parallel, :func:`data_parallel_step`), ``x`` is this rank's
+        shard of a batch of ``n_rows`` rows: the gradients are all-reduced first.
         """
         for group in self.opt.param_groups:
             group["lr"] = lr
+        if n_rows is not None:
+            return data_parallel_step(self, x, n_rows, bf16)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = self.objective.loss(self.sae.normalise_input(x))
         self.opt.zero_grad(set_to_none=True)
@@ -146,6 +152,52 @@ class TrainingRun:
         self.opt.step()
         self.objective.normalise_decoder()
         return out
+
+
+def data_parallel_step(run: TrainingRun, x: torch.Tensor, n_rows: int, bf16: bool = False):
+    """:meth:`TrainingRun.step` on this rank's shard ``x [b, d_in]`` of a batch of ``n_rows`` rows.
+
+    Every rank holds the same parameters and optimiser state. The gradient is the
+    weighted sum of the ranks' gradients, each rank's weighted by its share of the
+    batch's variance about the data mean, ``w_r = sum_r ||x - mean||^2 / sum ||x - mean||^2``
+    (one all-reduce): the normalised MSE's gradient then equals the whole batch's
+    (a ratio of batch sums, :func:`~sae_audit.sae.losses.normalised_mse`); the
+    AuxK and regulariser terms are per-shard estimates (their batch-level sets,
+    dead latents' top-k and the batch-active latents, are each shard's), as in
+    PyTorch's DistributedDataParallel. The fired mask behind the dead-latent counters
+    is all-reduced (a latent that fired on any rank fired), and the counters add
+    ``n_rows``, so they equal one process's. The parameter gradients travel in one
+    flat all-reduce; Adam then takes the same step on every rank.
+    """
+    x_norm = run.sae.normalise_input(x)
+    den = (x_norm.float() - run.objective.data_mean).pow(2).sum().reshape(1).double()
+    total = distributed.all_reduce(den.clone())
+    weight = float(den / total.clamp_min(torch.finfo(torch.float64).tiny))
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = run.objective.loss(x_norm, fired_sync=_fired_anywhere, n_rows=n_rows)
+    run.opt.zero_grad(set_to_none=False)
+    (out.loss * weight).backward()
+    params = list(run.sae.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                     + [(out.nmse.detach().float() * weight).reshape(1)])
+    distributed.all_reduce(flat)
+    start = 0
+    for p in params:
+        n = p.numel()
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        p.grad.copy_(flat[start:start + n].view_as(p))
+        start += n
+    out.nmse = flat[start]  # the whole batch's normalised MSE (the same on every rank)
+    run.objective.project_decoder_grad()
+    run.opt.step()
+    run.objective.normalise_decoder()
+    return out
+
+
+def _fired_anywhere(fired: torch.Tensor) -> torch.Tensor:
+    """``[d_sae]`` bool: a latent fired on some rank (an all-reduce max)."""
+    return distributed.all_reduce(fired.to(torch.int32), "max").bool()
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
@@ -169,6 +221,7 @@ def fit_saes(
     progress: bool = True,
     checkpoint_dir=None,
     resume: bool = False,
+    distribute: bool = False,
 ) -> list[tuple[TopKSAE, TrainSummary]]:
     """Train one SAE per config from a single pass over activation ``chunks``.
 
@@ -184,6 +237,12 @@ def fit_saes(
             must replay the same stream (a cache read with the same seed, or the
             same model and images); the steps already done are skipped, so the
             result equals an uninterrupted run's.
+        distribute: under torchrun, place the SAEs on the ranks (config ``i`` on rank
+            ``i mod world size``, as sparsify's ``--distribute_modules``) instead of
+            training each data-parallel: every rank reads the whole stream and trains
+            its own SAEs on full batches, so the weights equal one process's; each rank
+            checkpoints its own (:func:`~sae_audit.train.checkpoint.rank_state_name`)
+            and the trained SAEs are all-gathered at the end.
     Returns:
         ``(sae, summary)`` per config, SAEs in eval mode with ``norm_scale``
         recorded in their configs.
@@ -225,8 +284,13 @@ def fit_saes(
     mean_norm = eval_x.norm(dim=1).mean().item()
     scale = math.sqrt(d_in) / mean_norm if mean_norm > 0 else 1.0
 
+    world = distributed.world()
+    placed = distribute and world.active
+    mine = [i for i in range(len(configs)) if not placed or i % world.world_size == world.rank]
+    state_name = ckpt.rank_state_name(world.rank) if placed else ckpt.STATE_NAME
     runs: list[TrainingRun] = []
-    for cfg in configs:
+    for i in mine:
+        cfg = configs[i]
         # Paired sweeps (SPEC section 6): every SAE is initialised from the run's seed (or the seed its
         # config records), so SAEs of one d_in/d_sae start from the same weights and see the same batches.
         init_seed = train.seed if cfg.init_seed is None else cfg.init_seed
@@ -240,32 +304,46 @@ def fit_saes(
     if resume:
         if checkpoint_dir is None:
             raise SaeAuditError("resume asked for but no checkpoint folder given")
-        step, vectors = ckpt.load_checkpoint(checkpoint_dir, runs, train)
+        step, vectors = ckpt.load_checkpoint(checkpoint_dir, runs, train, state_name)
         for _ in range(step):  # replay the deterministic stream up to where the checkpoint was taken
             if next(batches, None) is None:
                 raise SaeAuditError("the activation stream is shorter than the checkpoint; it is not the same data")
     use_bf16 = resolve_precision(train.precision, device)
     bar = tqdm(total=train.max_vectors, initial=vectors, unit="vec", unit_scale=True, desc="training",
-               disable=not progress)
+               disable=not (progress and distributed.is_main()))
+    failed: SaeAuditError | None = None
+    parallel = world.active and not placed  # every rank reads the same batches and trains on its shard of each
     for x in batches:
         x = x.to(device)
         if not torch.isfinite(x).all():
             raise SaeAuditError("the model produced NaN or infinite activations; try `dtype` float32", field="dtype")
         factor = lr_factor(step, total_steps, train.warmup_fraction, train.decay_fraction)
+        part = None
+        if parallel:  # a batch with fewer rows than ranks: each rank takes all of it, with weight 1/world size
+            part = distributed.share(x.shape[0]) if x.shape[0] >= distributed.world().world_size else \
+                range(x.shape[0])
         for run in runs:
-            out = run.step(x, train.lr * factor, use_bf16)
+            if part is None:
+                out = run.step(x, train.lr * factor, use_bf16)
+            else:
+                out = run.step(x[part.start:part.stop], train.lr * factor, use_bf16, n_rows=x.shape[0])
             v = float(out.nmse)
             if not math.isfinite(v):
-                raise SaeAuditError(
+                failed = SaeAuditError(
                     f"training diverged at step {step + 1}: the reconstruction loss of SAE k={run.sae.k} became {v}; "
                     f"lower `optim.lr` (now {train.lr:g}) and train again (nothing was written)", field="optim.lr")
+                if not placed:
+                    raise failed
+                runs = []  # this rank's SAEs stop; it keeps reading the shared stream and every rank fails at the end
+                break
             run.nmse_ema = v if run.nmse_ema is None else 0.95 * run.nmse_ema + 0.05 * v
         step += 1
         vectors += x.shape[0]
         bar.update(x.shape[0])
-        if checkpoint_dir is not None and train.checkpoint_every and step % train.checkpoint_every == 0:
-            ckpt.save_checkpoint(checkpoint_dir, runs, train, step, vectors)
-        if step % 10 == 1:
+        if checkpoint_dir is not None and train.checkpoint_every and step % train.checkpoint_every == 0 \
+                and (placed or distributed.is_main()):  # data parallel: the same state everywhere, rank 0 writes it
+            ckpt.save_checkpoint(checkpoint_dir, runs, train, step, vectors, state_name)
+        if step % 10 == 1 and runs:
             first = runs[0]
             bar.set_postfix(
                 loss=f"{float(out.loss.detach()):.3f}",
@@ -304,6 +382,15 @@ def fit_saes(
                 ),
             )
         )
+    if placed:  # every rank's SAEs, in config order
+        def payload():
+            if failed is not None:
+                raise failed
+            return [(i, sae.cpu(), summary) for i, (sae, summary) in zip(mine, results)]
+
+        got = distributed.gather_outcome(payload)
+        results = [(sae.to(device), summary) for _, sae, summary in sorted((t for g in got for t in g),
+                                                                            key=lambda t: t[0])]
     return results
 
 
