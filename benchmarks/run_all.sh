@@ -5,7 +5,7 @@
 #   train_speedup_vs_best_peer, ms_speedup_vs_pairwise.
 #
 #   benchmarks/setup_peers.sh      # once: the benchmark environment with SAELens and sparsify
-#   benchmarks/run_all.sh          # about 25 minutes on 2 CPU cores
+#   benchmarks/run_all.sh          # about 35 minutes on 2 busy CPU cores
 #   benchmarks/run_all.sh --quick  # smaller sizes, a few minutes (not the committed numbers)
 #
 # Runs with benchmarks/.venv (or $BENCH_PYTHON); never part of CI.
@@ -23,6 +23,7 @@ else
   "$PY" benchmarks/train_speed.py
   "$PY" benchmarks/ms_speed.py
   "$PY" benchmarks/audit_speed.py --memory
+  "$PY" benchmarks/compile_speed.py
   "$PY" benchmarks/loader_speed.py
 fi
 "$PY" benchmarks/summary.py

@@ -277,9 +277,9 @@ def _stream_share(run: AuditContext, image_set: ImageSet, role: str) -> _Share:
             acts = capture(vm, pixel_values, hps)
         n_images += pixel_values.shape[0]
         weights = bootstrap.weights(batch.indices) if bootstrap is not None else None
-        sbs, reps = [], []
+        sbs, reps, selected = [], [], {}
         for item in saes:
-            sb, rep = _suite_batch(item, acts, vm, batch, embeddings, bootstrap, weights, want_out)
+            sb, rep = _suite_batch(item, acts, vm, batch, embeddings, bootstrap, weights, want_out, selected)
             sbs.append(sb)
             reps.append(rep)
         if want_out:
@@ -292,8 +292,13 @@ def _stream_share(run: AuditContext, image_set: ImageSet, role: str) -> _Share:
         if keep is not None:
             n_half[0] += int(keep.sum())
             n_half[1] += int((~keep).sum())
-        for sb, cov, more in zip(sbs, covs, extra):
+        first_parts: dict = {}  # per hook point and token set: the first SAE's parts, whose x statistics the rest adopt
+        for item, sb, cov, more in zip(saes, sbs, covs, extra):
             parts = [sb] if keep is None else [sb.subset(keep), sb.subset(~keep)]
+            shared = first_parts.setdefault((item.hook_point.name, item.hook_point.tokens), parts)
+            if shared is not parts:
+                for part, other in zip(parts, shared):
+                    part.share_x_statistics(other)
             for acc, part in zip(cov, parts):
                 acc.accumulate(part)
             for info in run.suites:
@@ -333,11 +338,10 @@ def _floor(infos, cov: list, more: dict, image_set: ImageSet, n_half: list[int],
     return floor
 
 
-def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embeddings, bootstrap=None, weights=None,
-                 want_replacement: bool = False):
-    """Encode one batch's tokens at ``item``'s hook point: ``(SuiteBatch, splice)``, what every suite of that
-    SAE reads; ``splice`` is ``(replacement, valid)`` for the fidelity suite when asked for, else ``None``."""
-    sel = select_tokens(acts[item.hook_point.name], item.hook_point.tokens, vm.layout)
+def _selected_tokens(acts: dict, hp: HookPoint, vm: VisionModel, batch) -> tuple:
+    """One batch's rows at hook point ``hp``: ``(sel [B, T, d], x [N, d] float32 finite rows, image_index [N],
+    labels [N], finite [B*T] bool, n_bad, bad_index)``."""
+    sel = select_tokens(acts[hp.name], hp.tokens, vm.layout)
     n_tok = sel.shape[1]
     x = sel.reshape(-1, sel.shape[-1]).float()
     image_index = batch.indices.repeat_interleave(n_tok)
@@ -347,7 +351,21 @@ def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embedding
     bad_index = image_index[~finite.cpu()] if n_bad else torch.zeros(0, dtype=torch.long)
     if n_bad:
         x, image_index, labels = x[finite], image_index[finite.cpu()], labels[finite.cpu()]
-    x = x.to(item.sae.W_enc.device)
+    return sel, x, image_index, labels, finite, n_bad, bad_index
+
+
+def _suite_batch(item: AuditedSAE, acts: dict, vm: VisionModel, batch, embeddings, bootstrap=None, weights=None,
+                 want_replacement: bool = False, selected: dict | None = None):
+    """Encode one batch's tokens at ``item``'s hook point: ``(SuiteBatch, splice)``, what every suite of that
+    SAE reads; ``splice`` is ``(replacement, valid)`` for the fidelity suite when asked for, else ``None``.
+    ``selected`` (per hook point and token set, filled here) shares the token selection between SAEs."""
+    hp = item.hook_point
+    key = (hp.name, hp.tokens, str(item.sae.W_enc.device))
+    selected = {} if selected is None else selected
+    if key not in selected:
+        sel, x, *rest = _selected_tokens(acts, hp, vm, batch)
+        selected[key] = (sel, x.to(item.sae.W_enc.device), *rest)
+    sel, x, image_index, labels, finite, n_bad, bad_index = selected[key]
     codes = item.sae.encode(x)
     x_hat = item.sae.decode(codes)
     splice = None

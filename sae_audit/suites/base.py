@@ -102,6 +102,38 @@ class SuiteBatch:
             return None
         return self.bootstrap.weights(self.image_codes.images)
 
+    @cached_property
+    def x_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x64 [N, d_in], c [d_in], xc [N, d_in], sq [N])`` float64: ``x``, its batch mean, the rows
+        centred on it and their squared norms (the moments the coverage suite streams, Chan et al.).
+
+        Depends on ``x`` only: the audit computes it once per batch and hands it to every SAE
+        reading the same activations (:meth:`share_x_statistics`).
+        """
+        x = self.x.double()
+        c = x.mean(dim=0) if x.shape[0] else torch.zeros(x.shape[1], dtype=torch.float64)
+        xc = x - c
+        return x, c, xc, xc.pow(2).sum(dim=1)
+
+    @cached_property
+    def x_replicate_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``(n [R], mean [R, d_in], m2 [R])`` float64: the batch's count, mean and sum of squared deviations
+        of ``x`` on each bootstrap replicate (rows weighted by their image's weight); ``None`` without
+        a bootstrap. Depends on ``x`` and the images only (shared as :attr:`x_moments`)."""
+        w = self.image_weights
+        if w is None or self.x.shape[0] == 0:
+            return None
+        _, c, xc, sq = self.x_moments
+        return replicate_batch_moments(w, c, xc, sq, self.image_codes.row, len(self.image_codes.images))
+
+    def share_x_statistics(self, other: "SuiteBatch") -> None:
+        """Adopt the ``x``-only statistics ``other`` has computed (:attr:`x_moments`,
+        :attr:`x_replicate_moments`): ``other`` must hold the same activations, images and weights
+        (another SAE at the same hook point, same batch), so no work is done twice per batch."""
+        for key in ("x_moments", "x_replicate_moments"):
+            if key in other.__dict__:
+                self.__dict__[key] = other.__dict__[key]
+
     def subset(self, keep: torch.Tensor) -> "SuiteBatch":
         """The batch restricted to the images where ``keep`` (``[B]`` bool over :attr:`ImageCodes.images`) holds.
 
@@ -153,6 +185,29 @@ def pool_per_image(batch: "SuiteBatch") -> ImageCodes:
         flat.scatter_reduce_(0, keys, codes.values.detach().cpu().float().flatten().clamp_min(0), reduce="amax")
     n_tokens = torch.bincount(row, minlength=b) if len(codes) else torch.zeros(b, dtype=torch.long)
     return ImageCodes(images, labels, flat.view(b, d_sae), n_tokens, row)
+
+
+def replicate_batch_moments(w: torch.Tensor, c: torch.Tensor, xc: torch.Tensor, sq_rows: torch.Tensor,
+                            row: torch.Tensor, n_images: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch's moments on ``R`` bootstrap replicates: ``(n [R], mean [R, d], m2 [R])`` float64.
+
+    Args:
+        w: ``[R, n_images]`` float64 Poisson weights of the batch's images.
+        c: ``[d]`` the batch mean; ``xc``: ``[N, d]`` rows centred on it; ``sq_rows``: ``[N]`` their
+            squared norms (all float64).
+        row: ``[N]`` int64, the image (row of ``w``'s columns) of each row.
+
+    Rows are summed per image and weighted with one ``[R, B] @ [B, d]`` product each.
+    """
+    counts = torch.bincount(row, minlength=n_images).double()
+    sx = torch.zeros(n_images, xc.shape[1], dtype=torch.float64).index_add_(0, row, xc)
+    sq = torch.zeros(n_images, dtype=torch.float64).index_add_(0, row, sq_rows)
+    n_b = w @ counts
+    s_b = w @ sx
+    safe = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
+    mean_b = c + s_b / safe[:, None]
+    m2_b = (w @ sq - s_b.pow(2).sum(dim=1) / safe).clamp_min(0.0)
+    return n_b, mean_b, m2_b
 
 
 class Accumulator(Protocol):

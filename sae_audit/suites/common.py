@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from sae_audit.suites.base import ImageCodes
+from sae_audit.suites.base import ImageCodes, replicate_batch_moments
 
 
 class TopImages:
@@ -139,17 +139,10 @@ class ReplicateMoments:
                     row: torch.Tensor, n_images: int) -> None:
         """:meth:`add` given the batch mean ``c [d]``, the centred rows ``xc [N, d]`` and ``||xc||^2 [N]``
         (float64), so a caller that has them does not compute them twice."""
-        counts = torch.bincount(row, minlength=n_images).double()
-        sx = torch.zeros(n_images, xc.shape[1], dtype=torch.float64).index_add_(0, row, xc)
-        sq = torch.zeros(n_images, dtype=torch.float64).index_add_(0, row, sq_rows)
-        n_b = w @ counts
-        s_b = w @ sx
-        safe = torch.where(n_b > 0, n_b, torch.ones_like(n_b))
-        mean_b = c + s_b / safe[:, None]
-        m2_b = (w @ sq - s_b.pow(2).sum(dim=1) / safe).clamp_min(0.0)
-        self._combine(n_b, mean_b, m2_b)
+        self._combine(*replicate_batch_moments(w, c, xc, sq_rows, row, n_images))
 
     def _combine(self, n_b: torch.Tensor, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        """Add one batch's replicate moments ``(n [R], mean [R, d], m2 [R])`` (as :func:`replicate_batch_moments`)."""
         n = self.n + n_b
         safe = torch.where(n > 0, n, torch.ones_like(n))
         delta = mean_b - self.mean

@@ -68,9 +68,9 @@ class CoverageAccumulator:
     @torch.no_grad()
     def accumulate(self, batch: SuiteBatch) -> None:
         self.n_nonfinite += batch.n_nonfinite
-        x = batch.x.double()
-        if x.shape[0] == 0:
+        if batch.x.shape[0] == 0:
             return
+        x, c, xc, sq = batch.x_moments  # shared by the SAEs reading the same activations
         x_hat = batch.x_hat.double()
         codes = batch.codes
         active = codes.values > 0
@@ -92,16 +92,12 @@ class CoverageAccumulator:
         self.sse += float(err.sum())
         self.cos_sum += float(cos.sum())
         self.rel_mse_sum += float(rel.sum())
-        c = x.mean(dim=0)
-        xc = x - c
-        sq = xc.pow(2).sum(dim=1)
         self.moments._combine(x.shape[0], c, float(sq.sum()))  # as Moments.add, sharing the centred rows
         w = batch.image_weights
         if w is not None:
-            self._accumulate_replicates(batch, w, (c, xc, sq), torch.stack([err, cos, rel, l0.double(), eu], dim=1),
-                                        idx, active)
+            self._accumulate_replicates(batch, w, torch.stack([err, cos, rel, l0.double(), eu], dim=1), idx, active)
 
-    def _accumulate_replicates(self, batch: SuiteBatch, w: torch.Tensor, centred: tuple, per_row: torch.Tensor,
+    def _accumulate_replicates(self, batch: SuiteBatch, w: torch.Tensor, per_row: torch.Tensor,
                                idx: torch.Tensor, active: torch.Tensor) -> None:
         """The replicate sums: per-image sums of the batch, weighted by ``w [R, B]`` in one product each."""
         if self.rep is None:
@@ -116,7 +112,7 @@ class CoverageAccumulator:
         self.rep["n"] += w @ torch.bincount(row, minlength=b).double()
         self.rep["fire"] += w @ fire_img.double()
         self.rep["sums"] += w @ per_image_sums(per_row, row, b)
-        self.rep["moments"].add_centred(w, *centred, row, b)
+        self.rep["moments"]._combine(*batch.x_replicate_moments)
 
     @property
     def n(self) -> int:
