@@ -227,3 +227,29 @@ def test_an_older_results_file_renders_with_intervals_shown_as_unavailable(audit
     assert main(["report", "render", str(path), "--out", str(tmp_path / "r")]) == 0
     html = (tmp_path / "r" / "report.html").read_text()
     assert "[n/a]" in html and "results schema 1" in html
+
+
+def test_shifted_is_refused_when_the_id_set_cannot_give_a_noise_floor(audit, tmp_path, capsys):
+    """A gate on ``shifted`` that could never fire must not pass silently (exit 2, nothing written)."""
+    small = make_image_folder(tmp_path / "small", n_per_class=4)  # 12 images: too few to split
+    out = tmp_path / "o"
+    args = ["run", str(audit["model"]), "--sae", str(audit["sae"]), "--id", str(small), "--ood",
+            str(audit["other"]), "--out", str(out), "--device", "cpu", "-q", "--fail-on", "shifted"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "needs the ID-vs-ID noise floor" in err and "has 12 image(s)" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_shifted_on_results_without_any_verdict_cannot_be_judged(audit):
+    """Results whose floor turned out unavailable (e.g. unreadable ID images) cannot answer ``shifted``."""
+    import copy
+
+    results = copy.deepcopy(audit["results"])
+    for s in results["saes"]:
+        s["noise_floor"] = {"unavailable": "the ID set 'id' gave 12 readable image(s)"}
+        for p in s["pairs"] + [p for e in s["suites"].values() for p in e.get("pairs", [])]:
+            p["shifted"] = {k: None for k in p.get("shifted") or {}}
+    with pytest.raises(SaeAuditError, match="cannot be judged: the noise floor is unavailable .the ID set 'id' gave 12"):
+        evaluate([parse_condition("shifted[other]", known_metrics())], results)
+    assert evaluate([parse_condition("fvu_gap[other]>-100", known_metrics())], results)[0].holds  # others still run

@@ -83,7 +83,9 @@ class AuditRequest:
     fail_on: tuple[str, ...] = option(
         (), metavar="COND",
         help="conditions to gate on, e.g. 'fvu_gap>0.2', 'fvu[digits]>=0.5', 'shared_alive<0.8' (any metric of "
-             "results.json; see sae_audit.results.gate); checked against the image sets before the audit runs")
+             "results.json), 'fvu_gap.low[digits]>0.1' (a bound of its 95 percent interval), 'shifted' or "
+             "'shifted.js_divergence[digits]' (beyond the ID-vs-ID noise floor); checked against the image sets "
+             "before the audit runs")
 
     def __post_init__(self) -> None:
         for name in ("saes", "ood_sets", "suites", "fail_on"):

@@ -31,6 +31,7 @@ from sae_audit.results.shift import shifted_flags
 from sae_audit.sae import load_sae
 from sae_audit.sae.io import resolve_sae_folder
 from sae_audit.suites import PairContext, known_metrics, resolve_suites
+from sae_audit.suites.bootstrap import MIN_HALF_IMAGES
 from sae_audit.suites.coverage import compare
 
 logger = logging.getLogger("sae_audit.audit")
@@ -189,7 +190,8 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
         id_set = open_image_set(request.id_set, images.max_images, images.seed, max_pixels=images.max_pixels)
         ood_sets = [open_image_set(s, images.max_images, images.seed, max_pixels=images.max_pixels)
                     for s in request.ood_sets]
-        _check_conditions(request, suite_names, id_set.name, [id_set.name, *(s.name for s in ood_sets)])
+        _check_conditions(request, suite_names, id_set.name, [id_set.name, *(s.name for s in ood_sets)],
+                          len(id_set))
         saes = _load_saes(request)
         model_spec = _resolution(request.model, saes)
         vm = load_model(model_spec)
@@ -206,11 +208,20 @@ def run_audit(request: AuditRequest, progress: bool = True) -> dict:
     return results
 
 
-def _check_conditions(request: AuditRequest, suite_names: list[str], id_name: str, set_names: list[str]) -> None:
+def _check_conditions(request: AuditRequest, suite_names: list[str], id_name: str, set_names: list[str],
+                      n_id: int | None = None) -> None:
     """Refuse ``fail_on`` conditions that can never hold: a set the audit lacks, a suite metric whose suite does
-    not run, an interval bound or ``shifted`` with the bootstrap off (:func:`sae_audit.results.gate.check_conditions`)."""
+    not run, an interval bound or ``shifted`` with the bootstrap off (:func:`sae_audit.results.gate.check_conditions`),
+    ``shifted`` when the ID set (``n_id`` images) is too small to split for the noise floor: a gate that could
+    never fire would pass silently."""
     conditions = request.conditions()
     metrics = known_metrics()
+    needs_floor = next((c for c in conditions if c.shifted), None)
+    if needs_floor is not None and n_id is not None and n_id < 2 * MIN_HALF_IMAGES:
+        raise SaeAuditError(f"`fail_on` {needs_floor.text!r} needs the ID-vs-ID noise floor, but the ID set "
+                            f"{id_name!r} has {n_id} image(s) and the floor needs at least {2 * MIN_HALF_IMAGES} "
+                            f"({MIN_HALF_IMAGES} in each half); use a larger ID set or a condition on a metric",
+                            field="fail_on")
     for c in conditions:
         suite = metrics[c.metric].suite if c.metric else None
         if suite is not None and suite not in suite_names:

@@ -85,9 +85,10 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
     add(p, "--max-pixels", ImageOptions, "max_pixels", type=int)
 
 
-def add_quiet(p: argparse.ArgumentParser) -> None:
+def add_quiet(p: argparse.ArgumentParser, fail_on: bool = False) -> None:
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="errors and --fail-on outcomes only: no progress bars, warnings or file names")
+                   help=("errors and --fail-on outcomes only" if fail_on else "errors only")
+                   + ": no progress bars, warnings or file names")
 
 
 def model_spec(args) -> ModelSpec:

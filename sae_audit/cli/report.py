@@ -47,9 +47,10 @@ def configure(sub, show_help) -> None:
                     "the report files next to RESULTS_JSON to a hub repository in one commit, as a pull "
                     "request by default. The token comes from HF_TOKEN or `hf auth login`.",
     )
-    card.add_argument("--results", required=True, metavar="RESULTS_JSON")
+    card.add_argument("--results", required=True, metavar="RESULTS_JSON",
+                      help="the results.json of a sae-audit run (the section and model-index are built from it)")
     card.add_argument("--card", required=True, metavar="PATH",
-                      help="the model card file (README.md), or a folder holding it; created if missing")
+                      help="the model card file (README.md), or an existing folder holding it; the file is created if missing")
     card.add_argument("--report-url", metavar="URL",
                       help="where the card links the report (default: the report's path relative to the card, "
                            "or sae-audit/report.md in the repository with --push)")

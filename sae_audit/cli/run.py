@@ -35,7 +35,8 @@ def configure(sub) -> None:
     run = sub.add_parser(
         "run", help="audit SAEs on ID vs OOD image sets and write results.json, report.md, report.html",
         description="Run the coverage audit of one or more SAEs on an in-distribution set and one or "
-                    "more out-of-distribution sets. Writes results.json, report.md and report.html to --out.",
+                    "more out-of-distribution sets. Writes results.json, report.md, report.html and latents.html "
+                    "(the latent explorer) to --out.",
     )
     add_model_options(run, naming=True)
     add_image_options(run)
@@ -59,7 +60,7 @@ def configure(sub) -> None:
     run.add_argument("--latents-csv", metavar="FILE", help="also write the per-latent table as CSV")
     run.add_argument("--latents-parquet", metavar="FILE", help="also write the per-latent table as Parquet "
                                                                "(needs pyarrow)")
-    add_quiet(run)
+    add_quiet(run, fail_on=True)
     flags_of(run).update(out="--out", overwrite="--overwrite")
     run.set_defaults(func=cmd_run)
 

@@ -155,6 +155,13 @@ def _pairs(s: dict) -> list[dict]:
     return out
 
 
+def _judged(results: dict, c: Condition) -> bool:
+    """Whether some pair holds a shift verdict (``True``/``False``, not ``None``) that ``c`` asks about."""
+    return any(isinstance(flag, bool) and c.metric in (None, key)
+               for s in results["saes"] for p in _pairs(s) if c.where in (None, p.get("ood"))
+               for key, flag in (p.get("shifted") or {}).items())
+
+
 def evaluate(conditions: list[Condition], results: dict) -> list[Condition]:
     """Fill each condition's ``matches`` from ``results``; returns the conditions.
 
@@ -162,8 +169,9 @@ def evaluate(conditions: list[Condition], results: dict) -> list[Condition]:
     the shifted metrics.
 
     Raises:
-        SaeAuditError: a qualifier names an image set the audit does not have, or the audit has no such
-            metric (its suite did not run).
+        SaeAuditError: a qualifier names an image set the audit does not have, the audit has no such
+            metric (its suite did not run), or a ``shifted`` condition cannot be judged (no pair it asks
+            about has a verdict: the noise floor was unavailable).
     """
     from sae_audit.results.metric_info import document_metrics, is_number, metric_intervals, metric_items
 
@@ -174,6 +182,13 @@ def evaluate(conditions: list[Condition], results: dict) -> list[Condition]:
         raise SaeAuditError(f"`fail_on` {unknown[0].text!r}: this audit has no metric {unknown[0].metric!r} (did "
                             "its suite run?)", field="fail_on")
     check_conditions(conditions, next(d["name"] for d in results["datasets"] if d["role"] == "id"), names, known)
+    for c in conditions:
+        if c.shifted and not _judged(results, c):
+            why = next((s["noise_floor"]["unavailable"] for s in results["saes"]
+                        if isinstance(s.get("noise_floor"), dict) and s["noise_floor"].get("unavailable")),
+                       "no pair carries a shift verdict")
+            raise SaeAuditError(f"`fail_on` {c.text!r} cannot be judged: the noise floor is unavailable ({why})",
+                                field="fail_on")
     for c in conditions:
         c.matches = []
         for s in results["saes"]:

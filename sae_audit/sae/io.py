@@ -299,7 +299,10 @@ def load_sae(spec: str | os.PathLike, revision: str | None = None, device: str |
     if sae is not None:
         return sae.to(device).eval()
     names = sorted(p.name for p in folder.iterdir())[:10]
+    inner = sorted(p.name for p in folder.iterdir() if p.is_dir() and read_sae_folder(p) is not None)[:10]
+    hint = (f"; it holds SAE folders (a trained sweep?): name each one, e.g. {folder / inner[0]}"
+            if inner else "")
     raise SaeAuditError(
         f"{folder} is not an SAE folder sae-audit can read (found: {', '.join(names) or 'nothing'}); "
-        f"known formats: {', '.join(r.name for r in sae_formats())}"
+        f"known formats: {', '.join(r.name for r in sae_formats())}{hint}"
     )
