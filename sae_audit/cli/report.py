@@ -35,6 +35,7 @@ def configure(sub, show_help) -> None:
     diff.add_argument("a", metavar="A_JSON", help="the earlier (baseline) results.json")
     diff.add_argument("b", metavar="B_JSON", help="the later results.json")
     diff.add_argument("--out", metavar="FILE", help="write the Markdown to FILE instead of stdout")
+    diff.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     diff.add_argument("--top", type=int, default=10, metavar="N", help="latents listed per SAE and set (default 10)")
     diff.add_argument("-q", "--quiet", action="store_true", help="no messages but errors")
     diff.set_defaults(func=cmd_report_diff)
@@ -91,6 +92,8 @@ def cmd_report_diff(args) -> int:
             raise SaeAuditError(f"--out {out} is a folder; pass a file name such as {out / 'diff.md'}")
         if any(os.path.realpath(out) == os.path.realpath(p) for p in (args.a, args.b)):
             raise SaeAuditError(f"--out {out} is one of the results files being compared; name another file")
+        if out.is_file() and not args.overwrite:  # special files are refused by the write itself
+            raise SaeAuditError(f"--out {out} already exists; pass --overwrite to replace it, or name another file")
         atomic_write_text(out, text)
         info(args, f"wrote {out}")
     else:

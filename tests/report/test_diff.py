@@ -85,6 +85,20 @@ def test_cli_diff_to_stdout_and_file(audit_dir, tmp_path, capsys):
     assert main(["report", "diff", str(a), str(b), "--out", str(tmp_path)]) == 2
 
 
+def test_cli_diff_never_replaces_an_existing_file_unasked(audit_dir, tmp_path, capsys):
+    a = audit_dir / "results.json"
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(perturbed(json.loads(a.read_text()))))
+    notes = tmp_path / "notes.md"
+    notes.write_text("my own notes\n")
+    assert main(["report", "diff", str(a), str(b), "--out", str(notes)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists; pass --overwrite" in err and "Traceback" not in err
+    assert notes.read_text() == "my own notes\n"
+    assert main(["report", "diff", str(a), str(b), "--out", str(notes), "--overwrite"]) == 0
+    assert notes.read_text().startswith("# Audit diff")
+
+
 def test_diff_runs_on_the_two_committed_real_audits(tmp_path):
     a, b = REPO / "reports/demo/results.json", REPO / "reports/examples/demo-200/results.json"
     assert main(["report", "diff", str(a), str(b), "--out", str(tmp_path / "diff.md")]) == 0
