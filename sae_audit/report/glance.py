@@ -121,7 +121,10 @@ def verdict_table(results: dict) -> Table:
              "(the rule is under the verdict below). FVU gap = FVU_OOD − FVU_ID (lower is better), JS divergence "
              "of the latents' firing frequencies in bits (lower is better), shared alive = share of the ID-alive "
              "latents that also fire on the OOD set (higher is better), OOD-only = latents that fire only out of "
-             "distribution, fidelity gap = fidelity_ID − fidelity_OOD (lower is better). Every metric per pair is "
+             "distribution, fidelity gap = fidelity_ID − fidelity_OOD (lower is better). Counts of the alive set (shared alive, "
+             "OOD-only) and the JS divergence are biased by resampling (a resample holds fewer distinct images, so "
+             "fewer latents fire): their interval can sit beside the value rather than around it; the floor is "
+             "biased the same way, so the verdict compares interval with interval. Every metric per pair is "
              "under “ID vs OOD coverage”.")
 
 
