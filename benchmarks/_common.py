@@ -114,3 +114,21 @@ def write_json(name: str, doc: dict) -> Path:
     tmp.replace(path)
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}", file=sys.stderr)
     return path
+
+
+# The real model, sets and SAE shape the audit benchmarks share.
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / ".cache/models/dinov2-small-imgfocus"
+ID_SET, OOD_SET = "fashion-mnist:test", "digits"
+
+
+def make_saes(folder: Path, n: int = 2, d_sae: int = 1536, k: int = 16) -> list[str]:
+    from sae_audit.sae import SAEConfig, TopKSAE
+
+    out = []
+    for i in range(n):
+        cfg = SAEConfig(d_in=384, d_sae=d_sae, k=k, hook_point="block.8", tokens="patch", image_size=112)
+        path = folder / f"sae{i}"
+        TopKSAE(cfg, seed=i).save_pretrained(path, readme="benchmark SAE (random weights)\n")
+        out.append(str(path))
+    return out

@@ -56,23 +56,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from _common import interleaved, load, machine, median, table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    ID_SET, MODEL, OOD_SET, interleaved, load, machine, make_saes, median, table, write_json,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-MODEL = REPO / ".cache/models/dinov2-small-imgfocus"
-ID_SET, OOD_SET = "fashion-mnist:test", "digits"
-
-
-def make_saes(folder: Path, n: int = 2, d_sae: int = 1536, k: int = 16) -> list[str]:
-    from sae_audit.sae import SAEConfig, TopKSAE
-
-    out = []
-    for i in range(n):
-        cfg = SAEConfig(d_in=384, d_sae=d_sae, k=k, hook_point="block.8", tokens="patch", image_size=112)
-        path = folder / f"sae{i}"
-        TopKSAE(cfg, seed=i).save_pretrained(path, readme="benchmark SAE (random weights)\n")
-        out.append(str(path))
-    return out
 
 
 def request(saes: list[str], images: int, batch: int, dtype: str = "float32"):

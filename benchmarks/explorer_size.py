@@ -17,29 +17,12 @@ row.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-
-def widen(results: dict, d_sae: int, seed: int = 0) -> dict:
-    """``results`` with every SAE widened to ``d_sae`` latents, all alive on every set."""
-    rng = np.random.default_rng(seed)
-    big = copy.deepcopy(results)
-    for s in big["saes"]:
-        s["config"]["d_sae"] = d_sae
-        for stats in s["datasets"].values():
-            stats["frequencies"] = (10 ** rng.uniform(-5, -0.5, d_sae)).round(8).tolist()
-            stats["mean_activation"] = rng.uniform(0, 3, d_sae).round(4).tolist()
-        for suite in (s.get("suites") or {}).values():
-            for stats in suite.get("datasets", {}).values():
-                if "per_latent" in stats:
-                    stats["per_latent"] = rng.uniform(0, 1, d_sae).round(4).tolist()
-    return big
+from sae_audit.testing import widen_results
 
 
 def in_browser(html: bytes, folder: Path) -> dict:
@@ -96,7 +79,7 @@ def main() -> None:
 
     results = load_results(args.results)
     out = {"results": args.results, "as_is": measure(results, args.browser)}
-    out["widened"] = [measure(widen(results, n), args.browser) for n in args.latents]
+    out["widened"] = [measure(widen_results(results, n), args.browser) for n in args.latents]
     print(json.dumps(out, indent=1))
 
 

@@ -289,3 +289,21 @@ def plugin_site(tmp_path, monkeypatch):
     yield install
     for mod in written:
         sys.modules.pop(mod, None)
+
+
+def widen_results(results: dict, d_sae: int, seed: int = 0) -> dict:
+    """``results`` with every SAE widened to ``d_sae`` latents, all alive on every set (the worst case)."""
+    rng = np.random.default_rng(seed)
+    import copy
+
+    big = copy.deepcopy(results)
+    for s in big["saes"]:
+        s["config"]["d_sae"] = d_sae
+        for stats in s["datasets"].values():
+            stats["frequencies"] = (10 ** rng.uniform(-5, -0.5, d_sae)).round(8).tolist()
+            stats["mean_activation"] = rng.uniform(0, 3, d_sae).round(4).tolist()
+        for suite in (s.get("suites") or {}).values():
+            for stats in suite.get("datasets", {}).values():
+                if "per_latent" in stats:
+                    stats["per_latent"] = rng.uniform(0, 1, d_sae).round(4).tolist()
+    return big

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 import os
 import socket
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,3 +72,32 @@ def differences(a, b, path: str = "", rel: float = 1e-6, abs_: float = 1e-9) -> 
             return []
         return [f"{path}: {a!r} != {b!r}"]
     return [] if a == b and type(a) is type(b) else [f"{path}: {a!r} != {b!r}"]
+
+
+def worker_of_rank(launcher: int, rank: int) -> int:
+    """The pid of torchrun ``launcher``'s worker with ``RANK=rank``."""
+    for _ in range(500):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                if ppid != launcher:
+                    continue
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if f"RANK={rank}".encode() in environ:
+                return int(entry.name)
+        time.sleep(0.02)
+    raise AssertionError(f"no worker of rank {rank} under {launcher}")
+
+
+def kill_job(proc: subprocess.Popen, ranks=(0, 1)) -> None:
+    """SIGKILL torchrun launcher ``proc`` and its workers of ``ranks`` (torchrun starts them in their own
+    sessions, so killing the launcher alone leaves them running)."""
+    workers = [worker_of_rank(proc.pid, r) for r in ranks]
+    proc.kill()
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,8 +11,7 @@ import torch
 
 from sae_audit.testing import make_image_folder, make_tiny_model_dir
 from sae_audit.train.cache import ActivationCache
-from tests.distributed.helpers import REPO, env, free_port, one_process, torchrun
-from tests.distributed.test_train_distributed import _worker_of_rank
+from tests.distributed.helpers import REPO, env, free_port, kill_job, one_process, torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +69,7 @@ def test_an_interrupted_cache_resumes_per_rank(setup, reference, tmp_path):
         while time.time() < deadline and not (out / "shard-r001-00002.safetensors").exists():
             assert proc.poll() is None, "the cache finished before it could be killed"
             time.sleep(0.01)
-        workers = [_worker_of_rank(proc.pid, r) for r in (0, 1)]
-        proc.kill()
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
+        kill_job(proc)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.distributed.helpers import REPO, env, free_port, one_process, torchrun
+from tests.distributed.helpers import REPO, env, free_port, kill_job, one_process, torchrun, worker_of_rank
 from tests.train.test_train_resume import write_cache
 
 pytestmark = pytest.mark.slow
@@ -61,10 +61,7 @@ def test_a_wrong_world_size_cannot_resume(cache_dir, tmp_path):
                             stderr=subprocess.DEVNULL)
     try:
         _wait_for(out / ".checkpoint" / "state.pt", proc)
-        workers = [_worker_of_rank(proc.pid, r) for r in (0, 1)]  # torchrun starts them in their own sessions
-        proc.kill()
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
+        kill_job(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -82,26 +79,6 @@ def _wait_for(path: Path, proc, timeout: float = 240) -> None:
     assert path.is_file()
 
 
-def _worker_of_rank(launcher: int, rank: int) -> int:
-    """The pid of torchrun ``launcher``'s worker with ``RANK=rank``."""
-    for _ in range(500):
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                if ppid != launcher:
-                    continue
-                environ = (entry / "environ").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            if f"RANK={rank}".encode() in environ:
-                return int(entry.name)
-        time.sleep(0.02)
-    raise AssertionError(f"no worker of rank {rank} under {launcher}")
-
-
 def test_a_killed_rank_is_restarted_and_the_result_equals_an_uninterrupted_run(cache_dir, tmp_path):
     args = ["train", "--cache", cache_dir, *TRAIN, "--max-vectors", "12000", "--checkpoint-every", "20"]
     whole = torchrun([*args, "--out", tmp_path / "whole"])
@@ -113,7 +90,7 @@ def test_a_killed_rank_is_restarted_and_the_result_equals_an_uninterrupted_run(c
     proc = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for(out / ".checkpoint" / "state.pt", proc)
-        victim = _worker_of_rank(proc.pid, 1)
+        victim = worker_of_rank(proc.pid, 1)
         os.kill(victim, signal.SIGKILL)
         stdout, stderr = proc.communicate(timeout=900)
     finally:

@@ -3,7 +3,6 @@ escaped names, self-contained, written with the reports, and bounded at 65,536 l
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 import time
@@ -14,6 +13,7 @@ import pytest
 from sae_audit.report import render_reports, write_reports
 from sae_audit.report.explorer import MAX_PICS_PER_SET, render_explorer
 from sae_audit.results.document import load_results
+from sae_audit.testing import widen_results
 from tests.report.conftest import EVIL_CLASS, EVIL_SAE, EVIL_SET
 from tests.report.htmlcheck import Page
 from tests.report.test_render import check_structure
@@ -123,28 +123,12 @@ def test_explorer_is_written_with_the_reports_and_listed_in_the_manifest(picture
     assert "latents.html" not in render_reports(results, formats=("md",))
 
 
-def inflate(results: dict, d_sae: int, seed: int = 0) -> dict:
-    """``results`` with every SAE widened to ``d_sae`` latents, all alive on every set (the worst case)."""
-    rng = np.random.default_rng(seed)
-    big = copy.deepcopy(results)
-    for s in big["saes"]:
-        s["config"]["d_sae"] = d_sae
-        for stats in s["datasets"].values():
-            stats["frequencies"] = (10 ** rng.uniform(-5, -0.5, d_sae)).round(8).tolist()
-            stats["mean_activation"] = rng.uniform(0, 3, d_sae).round(4).tolist()
-        for suite in (s.get("suites") or {}).values():
-            for stats in suite.get("datasets", {}).values():
-                if "per_latent" in stats:
-                    stats["per_latent"] = rng.uniform(0, 1, d_sae).round(4).tolist()
-    return big
-
-
 @pytest.mark.slow
 def test_65536_latents_stay_bounded(pictures_dir):
     """Pictures stay as many as at 64 latents; the numbers grow linearly: the row markup and at most 16 bytes
     per number (measured on the demo's shape: benchmarks/explorer_size.py)."""
     small = load_results(pictures_dir / "results.json")
-    big = inflate(small, 65_536)
+    big = widen_results(small, 65_536)
     t = time.perf_counter()
     html = render_explorer(big)
     seconds = time.perf_counter() - t
