@@ -22,3 +22,11 @@ cache digits digits "${OOD_IMAGES:-500}"
 cache clipart clipart "${OOD_IMAGES:-500}"
 cache noise corrupt:gaussian_noise:3:fashion-mnist:test "${OOD_IMAGES:-500}"
 cache blur corrupt:gaussian_blur:3:fashion-mnist:test "${OOD_IMAGES:-500}"
+# The second ID set: Openclipart categories (computer, shapes, signs and symbols, recreation) as ID,
+# split 80/20 by file name, and six other categories as semantic near-OOD (experiments/paper/clipart_split.py).
+if [ -n "${CLIPART_ID:-1}" ] && [ "${CLIPART_ID:-1}" != 0 ]; then
+  [ -d "$W/clipart-sets/clipart-near-ood" ] || $PY experiments/paper/clipart_split.py --out "$W/clipart-sets"
+  cache clipart-id-train "$W/clipart-sets/clipart-id-train" "${CLIPART_TRAIN_IMAGES:-3865}"
+  cache clipart-id-test "$W/clipart-sets/clipart-id-test" "${CLIPART_TEST_IMAGES:-1005}"
+  cache clipart-near-ood "$W/clipart-sets/clipart-near-ood" "${OOD_IMAGES:-500}"
+fi

@@ -194,8 +194,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--k", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--l1-off", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
-    p.add_argument("--l1-l2-ratio", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2, 1e-1])
+    p.add_argument("--l1-off", type=float, nargs="*", default=[1e-4, 3e-4, 1e-3, 3e-3])
+    p.add_argument("--l1-l2-ratio", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2, 1e-1])
     p.add_argument("--frontier", type=float, nargs="*", default=[0.5, 0.75],
                    help="also train fixed-k SAEs at these fractions of each k (the fixed-k MS-vs-FVU frontier)")
     p.add_argument("--expansion", type=int, default=2)

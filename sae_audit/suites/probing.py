@@ -5,8 +5,14 @@ image's tokens) restricted to its ``m`` largest entries, for ``m`` in
 ``{1, 2, 4, 8, k}``. A multinomial logistic regression (scikit-learn
 ``LogisticRegression``, lbfgs, after ``MaxAbsScaler``) is fitted on a fixed
 train split and scored on the rest. The split is a function of the image's
-dataset index alone (``splitmix64(index) % 5 == 0`` is held out, 20 %), so it
-does not depend on batching or sharding.
+dataset index alone (:func:`fold`: fold 0 is held out for the test, 20 %), so
+it does not depend on batching or sharding. The regularisation is chosen per
+budget on a validation split of the train images (fold 1): for each ``C`` of
+:data:`C_GRID` a probe is fitted on folds 2-4 and scored on fold 1; the ``C``
+with the best validation accuracy (ties: the smaller ``C``, the stronger
+regularisation) is refitted on folds 1-4 and scored on fold 0. When fold 1 or
+folds 2-4 cannot support that (fewer than two classes, no image), ``C = 1``
+(scikit-learn's default) and ``C_chosen_on`` says so.
 
 Memory: ``k`` (latent, value) pairs per image, i.e. no more than one token's
 sparse code per image.
@@ -30,14 +36,58 @@ from sae_audit.suites.base import SuiteBatch
 from sae_audit.suites.common import check_same_bootstrap, interval_dict
 
 
-def held_out(images: np.ndarray, folds: int = 5) -> np.ndarray:
-    """Boolean mask of the test split: ``splitmix64(index) % folds == 0``."""
+#: The inverse regularisation strengths (scikit-learn's ``C``) tried on the validation split.
+C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def fold(images: np.ndarray, folds: int = 5) -> np.ndarray:
+    """``[n]`` int64 fold of each image index: ``splitmix64(index) % folds``."""
     z = images.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(folds)) == 0
+    return (z % np.uint64(folds)).astype(np.int64)
+
+
+def held_out(images: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Boolean mask of the test split (fold 0 of :func:`fold`)."""
+    return fold(images, folds) == 0
+
+
+def validation(images: np.ndarray, folds: int = 5) -> np.ndarray:
+    """Boolean mask of the validation split that chooses ``C`` (fold 1 of :func:`fold`)."""
+    return fold(images, folds) == 1
+
+
+def _fit(x, y, c: float, seed: int):
+    """A fitted ``MaxAbsScaler`` + ``LogisticRegression(C=c)`` pipeline (one BLAS thread, warnings off)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import MaxAbsScaler
+    from threadpoolctl import threadpool_limits
+
+    clf = make_pipeline(MaxAbsScaler(), LogisticRegression(C=c, max_iter=1000, random_state=seed))
+    # One BLAS/OpenMP thread: these small sparse fits are ~10x slower with
+    # threads contending for the cores the model also uses.
+    with threadpool_limits(1), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf
+
+
+def choose_c(x, labels: np.ndarray, val: np.ndarray, train: np.ndarray, seed: int = 0) -> tuple[float, list | None]:
+    """``(C, validation accuracy per C of C_GRID)``: the C that predicts the validation split best.
+
+    ``x`` ``[n, d_sae]`` (sparse), ``labels`` ``[n]``; ``val``/``train`` boolean masks
+    (fold 1 and folds 2-4). Ties go to the smaller ``C``. Returns ``(1.0, None)``
+    when the split cannot choose (no validation image, fewer than two classes in ``train``).
+    """
+    if val.sum() == 0 or len(np.unique(labels[train])) < 2:
+        return 1.0, None
+    scores = [float((_fit(x[train], labels[train], c, seed).predict(x[val]) == labels[val]).mean()) for c in C_GRID]
+    return C_GRID[int(np.argmax(scores))], scores  # argmax takes the first best: the smallest C
 
 
 class ProbingAccumulator:
@@ -88,11 +138,6 @@ class ProbingAccumulator:
 
     def finish(self) -> dict:
         from scipy.sparse import csr_matrix
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import MaxAbsScaler
-        from sklearn.exceptions import ConvergenceWarning
-        from threadpoolctl import threadpool_limits
 
         if not self.images:
             return {"skipped": "the image set has no labels", "n_images": self.n_images}
@@ -113,24 +158,27 @@ class ProbingAccumulator:
         majority = train_classes[np.argmax([(labels[~test] == c).sum() for c in train_classes])]
         out["chance"] = float((labels[test] == majority).mean())
         w = self.bootstrap.weights(torch.from_numpy(images[test])) if self.bootstrap is not None else None
-        correct = []
-        acc, converged = [], []
+        f = fold(images)
+        val, inner = f == 1, f >= 2
+        correct, acc, converged, chosen, val_scores = [], [], [], [], []
         n = len(images)
         for m in self.budgets:
             v, i = vals[:, :m], idx[:, :m]
             rows = np.repeat(np.arange(n), m)
             x = csr_matrix((v.ravel().astype(np.float64), (rows, i.ravel())), shape=(n, self.d_sae))
             x.eliminate_zeros()
-            clf = make_pipeline(MaxAbsScaler(), LogisticRegression(max_iter=1000, random_state=self.seed))
-            # One BLAS/OpenMP thread: these small sparse fits are ~10x slower with
-            # threads contending for the cores the model also uses.
-            with threadpool_limits(1), warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf.fit(x[~test], labels[~test])
+            c, scores = choose_c(x, labels, val, inner, self.seed)
+            clf = _fit(x[~test], labels[~test], c, self.seed)
             hit = clf.predict(x[test]) == labels[test]
             acc.append(float(hit.mean()))
             correct.append(hit)
             converged.append(bool(clf[-1].n_iter_.max() < clf[-1].max_iter))
+            chosen.append(c)
+            val_scores.append(scores)
+        out["C"] = chosen
+        out["C_chosen_on"] = ("validation split (fold 1 of the train images)" if all(s is not None for s in val_scores)
+                              else "default C = 1 where the validation split could not choose")
+        out["validation_accuracy"] = {"C_grid": list(C_GRID), "per_budget": val_scores}
         out["accuracy"] = acc
         out["converged"] = converged
         # Per held-out image and budget, whether the probe was right ([n_test, n_budgets] bool, images sorted):
