@@ -95,8 +95,12 @@ def load(eval_dir: Path, saes_dir: Path):
     runs = {}
     for s in seeds:
         for f in sorted((eval_dir / f"seed{s}").glob("*.json")):
+            if f.name.endswith(".fidelity.json"):
+                continue
             r = json.loads(f.read_text())
             r["ms_reps"] = torch.load(f.with_suffix(".ms.pt"), weights_only=True)["ms_replicates"].double().numpy()
+            fid = f.with_name(f"{r['name']}.fidelity.json")  # experiments/paper/fidelity.py, when it ran
+            r["fidelity"] = json.loads(fid.read_text()) if fid.is_file() else None
             runs.setdefault(r["name"], {})[s] = r
     training = {s: json.loads((saes_dir / f"seed{s}" / "training.json").read_text())
                 for s in seeds if (saes_dir / f"seed{s}" / "training.json").is_file()}
@@ -161,13 +165,30 @@ def per_sae_series(runs, seeds, names, freq_weights) -> dict:
         m = {}
         by = runs[n]
         m["fvu"] = np.array([[by[s]["id"]["fvu"]] + by[s]["id"]["fvu_replicates"] for s in seeds], dtype=float)
-        m["ms_mean"] = np.array([[by[s]["id"]["ms_mean"]] + by[s]["id"]["ms_mean_replicates"] for s in seeds],
-                                dtype=float)
+        # Replicate r's mean MS over the latents the full data scores (a resample that leaves a rare latent with
+        # fewer than two images does not score it; averaging over whatever each resample scores instead moves
+        # the mean with the set of latents, which biased the intervals of the first run).
+        ms_rows = []
+        for s in seeds:
+            pt = np.array([np.nan if v is None else v for v in by[s]["id"]["ms_per_latent"]], dtype=float)
+            with np.errstate(all="ignore"):
+                reps = np.nanmean(np.where(np.isfinite(by[s]["ms_reps"][:, np.isfinite(pt)]),
+                                           by[s]["ms_reps"][:, np.isfinite(pt)], np.nan), axis=1)
+            ms_rows.append([by[s]["id"]["ms_mean"]] + reps.tolist())
+        m["ms_mean"] = np.array(ms_rows, dtype=float)
         fm = []
         for s in seeds:
             pt = np.array([np.nan if v is None else v for v in by[s]["id"]["ms_per_latent"]], dtype=float)
             fm.append(freq_matched_ms(pt, by[s]["ms_reps"], np.array(by[s]["id"]["frequencies"]), freq_weights[s]))
         m["ms_freq_matched"] = np.array(fm)
+        if all(by[s]["fidelity"] is not None for s in seeds):
+            m["fidelity"] = np.array([[by[s]["fidelity"]["id"]["fidelity"]] + by[s]["fidelity"]["id"]["replicates"]["fidelity"]
+                                      for s in seeds], dtype=float)
+            for ood_name in by[seeds[0]]["fidelity"]["ood"]:
+                for fm_key, point_key in (("fidelity_ood", "fidelity_ood"), ("fidelity_gap", "fidelity_gap")):
+                    m[f"{fm_key}:{ood_name}"] = np.array(
+                        [[by[s]["fidelity"]["ood"][ood_name][point_key]]
+                         + by[s]["fidelity"]["ood"][ood_name]["replicates"][fm_key] for s in seeds], dtype=float)
         for ood_name in by[seeds[0]]["ood"]:
             for sc in OOD_SCORES:
                 m[f"auroc_{sc}:{ood_name}"] = np.array(
@@ -208,6 +229,7 @@ def main() -> None:
         results["training"][f"seed{s}"] = {key: t[key] for key in ("steps", "vectors", "seconds", "lr", "warmup_steps",
                                                                   "curve_images") if key in t}
         results["training"][f"seed{s}"]["curve"] = t["curve"]
+        results["training"][f"seed{s}"]["plateau"] = plateau(t["curve"])
         results["training"][f"seed{s}"]["dead_fraction_training"] = {n: v["dead_fraction_training"]
                                                                      for n, v in t["saes"].items()}
     if args.compute and Path(args.compute).is_file():
@@ -311,6 +333,16 @@ def main() -> None:
 
     plots(results, out)
     print(f"wrote {out / 'results.json'} and the plots")
+
+
+def plateau(curve: dict, window: int = 500) -> dict:
+    """Per SAE, the relative fall of the held-out FVU over the last ``window`` steps of its training curve."""
+    steps = curve["step"]
+    if not steps or steps[-1] < window:
+        return {}
+    i = min(range(len(steps)), key=lambda j: abs(steps[j] - (steps[-1] - window)))
+    return {"window_steps": steps[-1] - steps[i], "relative_fvu_fall": {
+        n: round((v[i] - v[-1]) / v[i], 5) for n, v in curve["fvu"].items()}}
 
 
 def eu_complexity(runs, n, fixed, seeds, rng, draws: int = 300) -> dict:

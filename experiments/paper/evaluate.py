@@ -216,7 +216,12 @@ def judge(args, n_images: int) -> tuple[torch.Tensor, torch.Tensor]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--saes", required=True, help="folder of one seed's SAEs (SAES/seed<S>)")
-    p.add_argument("--caches", required=True, help="folder holding cache-test and cache-<ood set> folders")
+    p.add_argument("--caches", required=True,
+                   help="folder holding the activation caches (cache-test and cache-<ood set> by default)")
+    p.add_argument("--id-cache", default="test", help="the ID cache: CACHES/cache-<this> (held-out ID images)")
+    p.add_argument("--ood", nargs="*", default=[f"{label}={suffix}" for suffix, label in OOD_SETS.items()],
+                   help="LABEL=SUFFIX per OOD set, read from CACHES/cache-<SUFFIX> (default: the Fashion-MNIST "
+                        "experiment's digits, clip art and two corruptions)")
     p.add_argument("--model", required=True, help="the model the caches were written from (the MS judge)")
     p.add_argument("--judge-cache", required=True, help="file keeping the judge embeddings and labels")
     p.add_argument("--out", required=True)
@@ -229,7 +234,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     caches = Path(args.caches)
-    args.id_cache = caches / "cache-test"
+    args.id_cache = caches / f"cache-{args.id_cache}"
     id_x, per_image, id_meta = read_cache(args.id_cache, args.id_images)
     n_id = id_x.shape[0] // per_image
     emb, labels = judge(args, n_id)
@@ -237,11 +242,13 @@ def main() -> None:
         return
     id_name = id_meta["data"]["spec"]
     ood_sets = {}
-    for suffix, label in OOD_SETS.items():
+    for item in args.ood:
+        label, _, suffix = item.partition("=")
         folder = caches / f"cache-{suffix}"
-        if (folder / "meta.json").is_file() and ActivationCache.open(folder).meta.get("complete"):
-            x_o, per_o, meta_o = read_cache(folder, args.ood_images)
-            ood_sets[label] = (x_o, per_o, meta_o["data"]["spec"])
+        if not (folder / "meta.json").is_file() or not ActivationCache.open(folder).meta.get("complete"):
+            raise SystemExit(f"evaluate: the OOD cache {folder} is missing or incomplete (run cache.sh)")
+        x_o, per_o, meta_o = read_cache(folder, args.ood_images)
+        ood_sets[label] = (x_o, per_o, meta_o["data"]["spec"])
     saes = Path(args.saes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

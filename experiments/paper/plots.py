@@ -106,5 +106,7 @@ def plots(results: dict, out: Path) -> None:
     ood_names = [m.split(":", 1)[1] for m in next(iter(results["saes"].values())) if m.startswith("auroc_rarity:")]
     for o in ood_names:
         frontier_plot(results, out, f"auroc_rarity:{o}", f"OOD AUROC (rarity), {o}", f"frontier_auroc_rarity_{o.split(':')[0]}.png")
+    if "fidelity" in next(iter(results["saes"].values())):
+        frontier_plot(results, out, "fidelity", "downstream fidelity, ID (1 = output untouched)", "frontier_fidelity.png")
     k_curve_plot(results, out)
     training_curve_plot(results, out)

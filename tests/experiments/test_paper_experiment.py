@@ -1,5 +1,6 @@
 """The paper experiment measures with the audit suites themselves: on the same model, SAE and images, its MS,
-probe and OOD AUROC equal what `sae-audit run` reports; and its training is paired and resumable."""
+probe, OOD AUROC and downstream fidelity equal what `sae-audit run` reports; and its training is paired and
+resumable."""
 
 from __future__ import annotations
 
@@ -76,6 +77,40 @@ def test_experiment_ms_probe_and_auroc_equal_the_audit_suites_on_the_same_codes(
     # The shuffled-activation chance level is a different number from the MS itself.
     assert got["id"]["ms_chance_mean"] != pytest.approx(got["id"]["ms_mean"], abs=1e-6)
 
+
+
+@pytest.mark.slow
+def test_experiment_fidelity_equals_the_audit_fidelity_suite(tmp_path, tiny_model_dir, tiny_sae_dir):
+    import shutil
+    import subprocess
+
+    id_dir = make_image_folder(tmp_path / "idset", n_per_class=5, seed=1)
+    ood_dir = make_image_folder(tmp_path / "oodset", n_per_class=6, classes=("noise",), seed=2)
+    audit = run_cli("run", str(tiny_model_dir), "--sae", str(tiny_sae_dir), "--id", str(id_dir), "--ood", str(ood_dir),
+                    "--suite", "fidelity", "--bootstrap", "0", "--out", str(tmp_path / "audit"), "--device", "cpu", "-q")
+    assert audit.exit_code == 0, audit.stderr
+    suite = json.loads((tmp_path / "audit" / "results.json").read_text())["saes"][0]["suites"]["fidelity"]
+    common = ["--hook", "block.2", "--tokens", "patch", "--device", "cpu", "--batch-size", "8", "-q"]
+    for name, folder in (("test", id_dir), ("ood", ood_dir)):
+        out = run_cli("cache", str(tiny_model_dir), *common, "--data", str(folder), "--out", str(tmp_path / f"cache-{name}"))
+        assert out.exit_code == 0, out.stderr
+    shutil.copytree(tiny_sae_dir, tmp_path / "saes" / "seed0" / "sae")
+    cmd = [sys.executable, str(PAPER / "fidelity.py"), "--saes", str(tmp_path / "saes" / "seed0"),
+           "--id-cache", str(tmp_path / "cache-test"), "--ood-cache", f"noise={tmp_path / 'cache-ood'}",
+           "--model", str(tiny_model_dir), "--out", str(tmp_path / "eval"), "--replicates", "20", "--batch-size", "4",
+           "--group", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=PAPER.parents[1])
+    assert done.returncode == 0, done.stderr
+    got = json.loads((tmp_path / "eval" / "seed0" / "sae.fidelity.json").read_text())
+    id_suite = suite["datasets"]["idset"]
+    assert got["id"]["n_images"] == id_suite["n_images"] == 15
+    for key in ("fidelity", "cosine", "cosine_ablation"):
+        assert got["id"][key] == pytest.approx(id_suite[key], abs=1e-5), key
+    pair = suite["pairs"][0]
+    for key in ("fidelity_gap", "auroc_output_distance"):
+        assert got["ood"]["noise"][key] == pytest.approx(pair[key], abs=1e-5), key
+    # The output really moved: a fidelity of exactly 1 would pass the comparison vacuously.
+    assert 0 < got["id"]["fidelity"] < 0.999
 
 
 def _train(out: Path, cache: Path, steps: int) -> None:
