@@ -48,23 +48,42 @@ from sae_audit.train.cache import ActivationCache
 OOD_SETS = {"digits": "digits", "clipart": "clipart", "noise": "gaussian_noise:3", "blur": "gaussian_blur:3"}
 
 
+def chosen(stored: int, n_images: int) -> np.ndarray:
+    """Cache positions of the ``n_images`` images evaluated out of ``stored``: all of them, or a fixed
+    pseudo-random subset kept in cache order (a folder set is cached category by category, so its first
+    ``n`` images would be one or two categories)."""
+    if n_images >= stored:
+        return np.arange(stored)
+    return np.sort(np.random.default_rng(0).permutation(stored)[:n_images])
+
+
+def take_images(x: torch.Tensor, per_image: int, positions) -> torch.Tensor:
+    """The rows of the images at ``positions`` (cache order kept)."""
+    rows = (torch.as_tensor(positions, dtype=torch.long)[:, None] * per_image + torch.arange(per_image)).flatten()
+    return x[rows]
+
+
 def read_cache(folder: Path, n_images: int) -> tuple[torch.Tensor, int, dict]:
-    """``(x [n_images * per_image, d_in] float32, per_image, meta)`` of the first ``n_images`` images."""
+    """``(x [n * per_image, d_in] float32, per_image, meta)`` of the images :func:`chosen` picks
+    (``n = min(n_images, stored)``); ``meta["positions"]`` holds their cache positions. The evaluation
+    names an image by its rank among the picked ones (0..n-1): its bootstrap key and probe fold."""
     cache = ActivationCache.open(folder)
-    meta = cache.meta
-    # Image ids are positions in the cache (an unreadable image was skipped and counted, not stored).
+    meta = dict(cache.meta)
+    # Cache positions skip an unreadable image (counted in images_skipped, not stored).
     stored = meta["images_total"] - meta.get("images_skipped", 0)
     per_image = meta["rows"] // stored
     if per_image * stored != meta["rows"]:
         raise SystemExit(f"{folder}: images with different numbers of tokens")
-    n_images = min(n_images, stored)
+    positions = chosen(stored, n_images)
+    need = (int(positions[-1]) + 1) * per_image
     parts, have = [], 0
     for i in range(len(meta["shards"])):
         parts.append(cache.read_shard(i).float())
         have += parts[-1].shape[0]
-        if have >= n_images * per_image:
+        if have >= need:
             break
-    return torch.cat(parts)[: n_images * per_image], per_image, meta
+    meta["positions"] = positions
+    return take_images(torch.cat(parts), per_image, positions), per_image, meta
 
 
 def suite_batches(sae, x: torch.Tensor, per_image: int, name: str, replicates: int, labels=None, emb=None,
@@ -143,8 +162,8 @@ def evaluate_sae(sae, id_x, per_image, id_name, labels, emb, ood_sets: dict, rep
     # The replicate MS per latent is [R, d_sae]: keep it in a compact array file beside the JSON instead.
     out["_ms_reps"] = ms_reps
     kr = KRobustnessAccumulator(sae, budgets_for(cfg.k, d_sae))
-    n_kc = min(k_curve_images, id_x.shape[0] // per_image)
-    for b in suite_batches(sae, id_x[: n_kc * per_image], per_image, id_name, 0, labels, emb):
+    kc = chosen(id_x.shape[0] // per_image, k_curve_images)
+    for b in suite_batches(sae, take_images(id_x, per_image, kc), per_image, id_name, 0, labels[kc], emb[kc]):
         kr.accumulate(b)
     out["k_curve"] = kr.finish()
     out["ood"] = {}
@@ -236,8 +255,9 @@ def main() -> None:
     caches = Path(args.caches)
     args.id_cache = caches / f"cache-{args.id_cache}"
     id_x, per_image, id_meta = read_cache(args.id_cache, args.id_images)
-    n_id = id_x.shape[0] // per_image
-    emb, labels = judge(args, n_id)
+    stored = id_meta["images_total"] - id_meta.get("images_skipped", 0)
+    emb, labels = judge(args, stored)  # every stored image, then the evaluated ones
+    emb, labels = emb[id_meta["positions"]], labels[id_meta["positions"]]
     if args.judge_only:
         return
     id_name = id_meta["data"]["spec"]

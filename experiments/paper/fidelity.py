@@ -38,41 +38,53 @@ from sae_audit.suites.base import SuiteBatch
 from sae_audit.suites.bootstrap import Bootstrap
 from sae_audit.train.cache import ActivationCache
 
-from evaluate import read_cache  # noqa: E402  (the sibling script: the same cached rows evaluate.py reads)
+from evaluate import chosen, read_cache, take_images  # noqa: E402  (the sibling script: the same images evaluate.py reads)
 
 
-def cache_images(folder: Path, n_images: int):
+def cache_images(folder: Path):
     """``(image set, spec)`` reopened from an activation cache's own record of it."""
     data = ActivationCache.open(folder).meta["data"]
     return open_image_set(data["spec"], data["max_images"], data["seed"]), data["spec"]
 
 
 def id_mean(folder: Path, n_images: int) -> torch.Tensor:
-    """``[d_in]`` float32 mean of the hooked tokens over the first ``n_images`` cached images (float64 sum)."""
+    """``[d_in]`` float32 mean of the hooked tokens over the evaluated cached images (float64 sum)."""
     x, _, _ = read_cache(folder, n_images)
     return x.double().mean(dim=0).float()
 
 
 @torch.no_grad()
-def run_set(vm, saes: list, spec_set, name: str, n_images: int, mean: torch.Tensor, replicates: int,
+def run_set(vm, saes: list, cache: Path, n_images: int, mean: torch.Tensor, replicates: int,
             batch_size: int, group: int) -> list[fidelity.FidelityAccumulator]:
-    """One :class:`FidelityAccumulator` per SAE, fed with the first ``n_images`` readable images of the set."""
-    image_set, _ = spec_set
+    """One :class:`FidelityAccumulator` per SAE, fed with the images of ``cache`` that evaluate.py evaluates
+    (:func:`evaluate.chosen`; image id = rank among them)."""
+    image_set, name = cache_images(cache)
     boot = Bootstrap.for_set(replicates, 0, name)
     accs = [fidelity.FidelityAccumulator() for _ in saes]
     hp = sae_hook_point(saes[0])
     tokens = hp.tokens
-    seen = 0
+    stored = ActivationCache.open(cache).meta
+    stored = stored["images_total"] - stored.get("images_skipped", 0)
+    rank = {int(p): r for r, p in enumerate(chosen(stored, n_images))}  # cache position -> image id
+    first = True
+    seen = 0  # readable images so far = the cache position of the batch's first image
     for batch in iter_batches(image_set, vm.preprocess, batch_size, strict=False):
-        take = min(len(batch), n_images - seen)
-        if take <= 0:
-            break
-        pv = batch.pixel_values[:take]
+        keep = [j for j in range(len(batch)) if seen + j in rank]
+        images = torch.tensor([rank[seen + j] for j in keep], dtype=torch.long)
+        seen += len(batch)
+        if not keep:
+            continue
+        take = len(keep)
+        pv = batch.pixel_values[keep]
         acts, base = forward_with_outputs(vm, pv, [hp])
         sel = select_tokens(acts[hp.name], tokens, vm.layout)
         flat = sel.reshape(-1, sel.shape[-1]).float()
         finite = torch.isfinite(flat).all(dim=1)
-        images = torch.arange(seen, seen + take)
+        if first:  # the images decoded here are the cached ones evaluate.py scored, in the same order
+            cached, per_image, _ = read_cache(cache, n_images)
+            want = take_images(cached, per_image, images)
+            if want.shape != flat.shape or not torch.allclose(want, flat, atol=1e-3, rtol=1e-3):
+                raise SystemExit(f"fidelity: the images of {name} decoded now are not those of {cache}")
         rows = flat[finite]
         row_image = images.repeat_interleave(sel.shape[1])[finite]
         for g in range(0, len(saes), group):
@@ -81,12 +93,12 @@ def run_set(vm, saes: list, spec_set, name: str, n_images: int, mean: torch.Tens
             x_hats = [s.decode(c) for s, c in zip(members, codes)]
             reps = [replacement(sel, finite, xh) for xh in x_hats]
             outs = spliced_outputs(vm, pv, acts, base, [AuditedSAE("", s, sae_hook_point(s), "") for s in members],
-                                   reps, [mean] * len(members), check=(seen == 0 and g == 0))
+                                   reps, [mean] * len(members), check=first)
             for acc, c, xh, out in zip(accs[g: g + group], codes, x_hats, outs):
                 acc.accumulate(SuiteBatch(rows, c, xh, row_image, torch.full_like(row_image, -1), images=images,
                                           image_labels=torch.full((take,), -1, dtype=torch.long), bootstrap=boot,
                                           outputs=out))
-        seen += take
+        first = False
     return accs
 
 
@@ -119,10 +131,9 @@ def main() -> None:
     saes = [load_sae(f).eval() for f, _ in todo]
     first = saes[0].config
     vm = load_vision_model(args.model, device="cpu", image_size=first.image_size)
-    id_set = cache_images(Path(args.id_cache), args.id_images)
     mean = id_mean(Path(args.id_cache), args.id_images)
     kw = dict(mean=mean, replicates=args.replicates, batch_size=args.batch_size, group=args.group)
-    id_accs = run_set(vm, saes, id_set, id_set[1], args.id_images, **kw)
+    id_accs = run_set(vm, saes, Path(args.id_cache), args.id_images, **kw)
     print(f"fidelity: ID set done ({time.perf_counter() - t0:.0f} s)", flush=True)
     results = []
     for acc in id_accs:
@@ -132,8 +143,7 @@ def main() -> None:
                                                      if k in ("fidelity", "cosine")}}, "ood": {}})
     for spec in args.ood_cache:
         label, _, folder = spec.partition("=")
-        ood_set = cache_images(Path(folder), args.ood_images)
-        accs = run_set(vm, saes, ood_set, ood_set[1], args.ood_images, **kw)
+        accs = run_set(vm, saes, Path(folder), args.ood_images, **kw)
         for res, a, b in zip(results, id_accs, accs):
             pair = fidelity.compare(a, b)
             ra, rb = a.replicate_metrics(), b.replicate_metrics()
