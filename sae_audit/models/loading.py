@@ -173,6 +173,17 @@ def _resolve_source(name: str, revision: str | None) -> tuple[str, str | None, b
         return str(path), revision, False
     if not _looks_like_hub_id(name):
         raise SaeAuditError(f"no such folder {name!r}; pass an existing folder or a hub id such as 'facebook/dinov2-small'")
+    parent = path.parent
+    if parent != Path(".") and parent.is_dir():
+        # "models/dinov2-smal" next to a local models/ folder is a mistyped path, not a hub id: say so at once
+        # instead of asking the hub (and waiting through its retries when there is no network).
+        import difflib
+
+        near = difflib.get_close_matches(path.name, [p.name for p in parent.iterdir() if p.is_dir()], n=3)
+        hint = f"; did you mean {' or '.join(repr(str(parent / n)) for n in near)}?" if near else ""
+        raise SaeAuditError(
+            f"no such folder {name!r} (a folder {str(parent)!r} exists here, so this is read as a path, not a hub "
+            f"id){hint} (to load the hub model of that name, run from a folder without {str(parent)!r} in it)")
 
     # Hub id: resolve the revision to a commit through huggingface_hub's cache.
     from huggingface_hub import constants, hf_hub_download

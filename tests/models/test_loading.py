@@ -184,6 +184,13 @@ def test_folder_errors(tmp_path, checkpoints):
         load_vision_model(tmp_path, device="cpu")
     with pytest.raises(SaeAuditError, match="no such folder"):
         load_vision_model(str(tmp_path / "nope" / "deeper"), device="cpu")
+    # A mistyped path that looks like a hub id ("models/dinov2-smal"), next to the real folder, is refused at once
+    # with the near name, without asking the hub (no network here: the hub path would fail differently).
+    (tmp_path / "models" / "dinov2-small").mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        with pytest.raises(SaeAuditError, match=r"no such folder 'models/dinov2-smal'.*did you mean 'models/dinov2-small'"):
+            load_vision_model("models/dinov2-smal", device="cpu")
     # weights and config but no image processor
     bare = tmp_path / "bare"
     torch.manual_seed(0)
