@@ -200,6 +200,19 @@ def test_held_out_split_is_exact_and_a_too_small_set_names_the_setting(tiny_mode
     assert "--eval-vectors" in line and "--max-images" in line
 
 
+def test_train_says_when_the_activations_run_out_before_max_vectors(tiny_model_dir, tiny_image_folder, tmp_path,
+                                                                     capsys):
+    acts = tmp_path / "acts"
+    assert main(["cache", str(tiny_model_dir), "--hook", "block.1", "--data", str(tiny_image_folder), "--out",
+                 str(acts), "--device", "cpu", "-q"]) == 0
+    rows = json.loads((acts / "meta.json").read_text())["rows"]
+    assert main(["train", "--cache", str(acts), "--k", "4", "--expansion", "2", "--max-vectors", "100000",
+                 "--eval-vectors", "32", "--sae-batch-size", "32", "--device", "cpu", "--out", str(tmp_path / "sae")]) == 0
+    err = capsys.readouterr().err
+    assert f"ran out after {rows - 32:,} of the 100,000 training vectors asked (--max-vectors)" in err
+    assert "--max-images" in err
+
+
 # --------------------------------------------------------------------------- damaged state files
 def test_damaged_checkpoint_cache_and_results_are_one_line(tiny_model_dir, tiny_image_folder, tmp_path, capsys):
     acts = tmp_path / "acts"

@@ -9,6 +9,7 @@ decoder rows with the parallel gradient removed, AuxK on dead latents.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -21,6 +22,8 @@ from sae_audit.errors import SaeAuditError
 from sae_audit.options import option
 from sae_audit.sae import SAEConfig, TopKSAE
 from sae_audit.train.objective import TopKObjective
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -358,6 +361,12 @@ def fit_saes(
             "for the evaluation, so none are left to train on; read more images (`max_images`) or hold out fewer",
             field="optim.eval_vectors",
         )
+    if vectors < train.max_vectors and distributed.is_main():
+        logger.warning(
+            "sae-audit: warning: the activations ran out after %s of the %s training vectors asked "
+            "(`optim.max_vectors`); the SAEs were trained on what there was, and the learning rate's decay, "
+            "planned over the vectors asked, was %s; read more images (`max_images`) or ask for fewer vectors",
+            f"{vectors:,}", f"{train.max_vectors:,}", "cut short" if train.decay_fraction > 0 else "not affected")
     for run in runs:
         if not all(torch.isfinite(p).all() for p in run.sae.parameters()):
             raise SaeAuditError(f"training diverged: SAE k={run.sae.k} has non-finite weights; lower `optim.lr` "
