@@ -124,6 +124,8 @@ def main() -> None:
             target = out / Path(folder).name / f"{f.name}.fidelity.json"
             if not target.is_file():
                 todo.append((f, target))
+    if len({t for _, t in todo}) < len(todo):
+        raise SystemExit("fidelity: two --saes folders have the same name (their SAEs would write the same files)")
     if not todo:
         print("fidelity: every SAE already done", flush=True)
         return
