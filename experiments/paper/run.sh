@@ -15,8 +15,10 @@ export PY=${PY:-.venv/bin/python}
 MODEL=${MODEL:-.cache/models/dinov2-small-imgfocus}
 W=${W:-.cache/paper}
 SEEDS=${SEEDS:-"0 1 2"}
-STEPS=${STEPS:-3000}
-CLIPART_STEPS=${CLIPART_STEPS:-2000}
+STEPS=${STEPS:-2500}
+DECAY_STEPS=${DECAY_STEPS:-500}
+CLIPART_STEPS=${CLIPART_STEPS:-2400}
+CLIPART_DECAY_STEPS=${CLIPART_DECAY_STEPS:-400}
 ID_IMAGES=${ID_IMAGES:-1000}
 OOD_IMAGES=${OOD_IMAGES:-300}
 FIDELITY_ID_IMAGES=${FIDELITY_ID_IMAGES:-300}
@@ -32,9 +34,10 @@ start=$(date +%s)
 W="$W" MODEL="$MODEL" OOD_IMAGES=500 experiments/paper/cache.sh
 t_cache=$(date +%s)
 
-# 2. Paired sweeps, one process per seed and ID set. A run stopped early (touch $W/saes/STOP) writes its
-#    SAEs at the next checkpoint; the learning rate does not depend on STEPS, so a run of N steps is
-#    exactly the first N steps of a longer one.
+# 2. Paired sweeps, one process per seed and ID set: Adam at a constant learning rate after the warm-up,
+#    then a linear decay to 0 over the last DECAY_STEPS. A run stopped early (touch $W/saes/STOP) writes its
+#    SAEs at the next checkpoint; the constant phase does not depend on STEPS, so such a run can be resumed
+#    with the decay (delete its training.json and rerun) and equals an uninterrupted one.
 pids=()
 launch() {  # launch LOG COMMAND...: run in the background, at most JOBS at a time
   local log=$1; shift
@@ -44,10 +47,10 @@ launch() {  # launch LOG COMMAND...: run in the background, at most JOBS at a ti
 }
 for s in $SEEDS; do
   launch $W/train-seed$s.log $PY experiments/paper/train.py --cache $W/cache-train --heldout-cache $W/cache-test \
-    --out $W/saes --seeds $s --steps "$STEPS" --eval-every 100 --checkpoint-every 100 --curve-images 64
+    --out $W/saes --seeds $s --steps "$STEPS" --decay-steps "$DECAY_STEPS" --eval-every 100 --checkpoint-every 100 --curve-images 64
   launch $W/train-clipart-seed$s.log $PY experiments/paper/train.py --cache $W/cache-clipart-id-train \
     --heldout-cache $W/cache-clipart-id-test --out $W/saes-clipart --seeds $s --k 32 --l1-off 3e-4 1e-3 3e-3 \
-    --l1-l2-ratio 1e-2 3e-2 1e-1 --steps "$CLIPART_STEPS" --eval-every 100 --checkpoint-every 100 --curve-images 64
+    --l1-l2-ratio 1e-2 3e-2 1e-1 --steps "$CLIPART_STEPS" --decay-steps "$CLIPART_DECAY_STEPS" --eval-every 100 --checkpoint-every 100 --curve-images 64
 done
 for p in "${pids[@]}"; do wait "$p"; done
 pids=()
@@ -86,7 +89,7 @@ t_eval=$(date +%s)
 # 4. Aggregation: results.json and plots per ID set (the verdicts in reports/paper/README.md are written from them).
 cat > $W/compute.json <<JSON
 {"this_invocation_seconds": {"cache": $((t_cache - start)), "train": $((t_train - t_cache)), "evaluate": $((t_eval - t_train))},
- "steps": $STEPS, "clipart_steps": $CLIPART_STEPS, "id_images": $ID_IMAGES, "ood_images": $OOD_IMAGES,
+ "steps": $STEPS, "decay_steps": $DECAY_STEPS, "clipart_steps": $CLIPART_STEPS, "clipart_decay_steps": $CLIPART_DECAY_STEPS, "id_images": $ID_IMAGES, "ood_images": $OOD_IMAGES,
  "fidelity_id_images": $FIDELITY_ID_IMAGES, "fidelity_ood_images": $FIDELITY_OOD_IMAGES, "replicates": $REPLICATES,
  "seeds": "$SEEDS", "cpu": "$(nproc) cores",
  "note": "seconds of this invocation only (a resumed run skips finished work); per-seed training seconds are in results.json training"}

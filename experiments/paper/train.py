@@ -53,6 +53,17 @@ def grid(args, base: dict) -> list[SAEConfig]:
     return configs
 
 
+def lr_factor(step: int, args) -> float:
+    """Linear warm-up over ``warmup_steps``, constant, then (``decay_steps`` > 0) a linear decay to 0 over the
+    last ``decay_steps`` of ``steps``. The constant phase does not depend on ``steps``, so the first
+    ``steps - decay_steps`` steps of any two runs with the same warm-up are the same."""
+    factor = min(1.0, (step + 1) / args.warmup_steps)
+    start = args.steps - args.decay_steps
+    if args.decay_steps > 0 and step >= start:
+        factor *= (args.steps - step) / args.decay_steps
+    return factor
+
+
 def epochs(cache: ActivationCache, seed: int):
     """The training cache read again and again, each epoch in its own seeded shard order."""
     epoch = 0
@@ -92,10 +103,10 @@ def train_seed(args, seed: int, cache: ActivationCache, curve_x: torch.Tensor, o
                 model=cache.meta["model"], model_revision=cache.meta["model_revision"],
                 hook_point=cache.meta["hook_point"], tokens=cache.meta["tokens"], image_size=cache.meta["image_size"])
     configs = grid(args, base)
-    # The learning rate is constant after a fixed warm-up (no decay tied to the total), so a run of S steps is
-    # exactly the first S steps of a longer one: --steps can be raised and a checkpoint resumed, and a run
-    # stopped early (the STOP file) equals a run asked for that many steps. TrainConfig only records the
-    # settings a checkpoint must match; its max_vectors is nominal.
+    # The learning rate is constant after a fixed warm-up until the final --decay-steps (lr_factor), so the
+    # constant phase of a run is exactly the first steps of a longer one: a run stopped in it (the STOP file)
+    # can be resumed with a larger --steps and a decay, and equals a run asked for that from the start.
+    # TrainConfig only records the settings a checkpoint must match; its max_vectors is nominal.
     train = TrainConfig(batch_size=args.batch_size, lr=args.lr, max_vectors=10**12, eval_vectors=args.stat_vectors,
                         warmup_fraction=0.0, decay_fraction=0.0, seed=seed, checkpoint_every=args.checkpoint_every)
     batches = shuffled_batches(epochs(cache, seed), args.batch_size, train.buffer_size, None, seed)
@@ -147,7 +158,7 @@ def train_seed(args, seed: int, cache: ActivationCache, curve_x: torch.Tensor, o
     t0 = time.perf_counter() - seconds
     while step < args.steps:
         x = next(it)
-        lr = args.lr * min(1.0, (step + 1) / args.warmup_steps)
+        lr = args.lr * lr_factor(step, args)
         for r in runs:
             out_step = r.step(x, lr)
             v = float(out_step.nmse)
@@ -178,7 +189,8 @@ def train_seed(args, seed: int, cache: ActivationCache, curve_x: torch.Tensor, o
         save_sae(sae, folder / n, overwrite=True)
         summary[n] = {"dead_fraction_training": float(r.objective.dead_mask().float().mean()),
                       "final_train_nmse": r.nmse_ema, "heldout_fvu": curve["fvu"][n][-1]}
-    info = {"seed": seed, "steps": step, "steps_asked": args.steps, "lr": args.lr, "warmup_steps": args.warmup_steps, "vectors": vectors, "seconds": round(seconds, 1),
+    info = {"seed": seed, "steps": step, "steps_asked": args.steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
+            "decay_steps": args.decay_steps, "vectors": vectors, "seconds": round(seconds, 1),
             "curve_images": args.curve_images, "curve_vectors": int(curve_x.shape[0]), "train": train.to_dict(),
             "curve": curve, "saes": summary}
     tmp = folder / "training.json.tmp"
@@ -203,6 +215,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--decay-steps", type=int, default=0,
+                   help="decay the learning rate linearly to 0 over the last N of --steps (0: constant to the end)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: several seeds in parallel processes)")
     p.add_argument("--dead-after", type=int, default=4096, help="tokens without firing before AuxK revives a latent")
     p.add_argument("--aux-alpha", type=float, default=1 / 32)
@@ -211,6 +225,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--checkpoint-every", type=int, default=100)
     args = p.parse_args()
+    if not 0 <= args.decay_steps <= args.steps:
+        p.error("--decay-steps must be between 0 and --steps")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     cache = ActivationCache.open(args.cache)

@@ -113,17 +113,28 @@ def test_experiment_fidelity_equals_the_audit_fidelity_suite(tmp_path, tiny_mode
     assert 0 < got["id"]["fidelity"] < 0.999
 
 
-def _train(out: Path, cache: Path, steps: int) -> None:
+def _train(out: Path, cache: Path, steps: int, decay: int = 0) -> None:
     import subprocess
 
     cmd = [sys.executable, str(PAPER / "train.py"), "--cache", str(cache), "--heldout-cache", str(cache),
            "--out", str(out), "--seeds", "5", "--k", "4", "--l1-off", "1e-3", "--l1-l2-ratio", "1e-2",
            "--frontier", "0.5", "--expansion", "2", "--batch-size", "64", "--steps", str(steps),
            "--stat-vectors", "256", "--curve-images", "4", "--eval-every", "2", "--checkpoint-every", "2",
-           "--warmup-steps", "3"]
+           "--warmup-steps", "3", "--decay-steps", str(decay)]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=PAPER.parents[1],
                           env={**__import__("os").environ, "PYTHONPATH": str(PAPER.parents[1])})
     assert done.returncode == 0, done.stderr
+
+
+def test_learning_rate_warms_up_stays_constant_then_decays_to_zero():
+    lr_factor = _module("train").lr_factor
+
+    class Args:
+        warmup_steps, steps, decay_steps = 3, 8, 4
+
+    assert [lr_factor(s, Args) for s in range(8)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 0.75, 0.5, 0.25])
+    Args.decay_steps = 0
+    assert [lr_factor(s, Args) for s in range(8)] == pytest.approx([1 / 3, 2 / 3, 1, 1, 1, 1, 1, 1])
 
 
 @pytest.mark.slow
@@ -136,10 +147,10 @@ def test_experiment_training_is_paired_and_a_resumed_longer_run_equals_an_uninte
     finally:
         sys.path.pop(0)
     cache = write_cache(tmp_path / "cache", 3000, shard_rows=1000)
-    _train(tmp_path / "straight", cache, 6)
-    _train(tmp_path / "resumed", cache, 4)  # a shorter run, then extended to 6 steps from its checkpoint
+    _train(tmp_path / "straight", cache, 6, decay=2)
+    _train(tmp_path / "resumed", cache, 4)  # the constant phase alone, then extended by the decay from its checkpoint
     (tmp_path / "resumed" / "seed5" / "training.json").unlink()
-    _train(tmp_path / "resumed", cache, 6)
+    _train(tmp_path / "resumed", cache, 6, decay=2)
     names = sorted(p.name for p in (tmp_path / "straight" / "seed5").iterdir() if (p / "config.json").is_file())
     assert names == ["k2-off0-ratio0", "k4-off0-ratio0", "k4-off0-ratio0.01", "k4-off0.001-ratio0"]
     for n in names:
