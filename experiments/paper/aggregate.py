@@ -227,9 +227,9 @@ def main() -> None:
     results = {"schema_version": 2, "seeds": seeds, "families": {}, "saes": {}, "training": {}, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     for s, t in training.items():
         results["training"][f"seed{s}"] = {key: t[key] for key in ("steps", "vectors", "seconds", "lr", "warmup_steps",
-                                                                  "curve_images") if key in t}
+                                                                  "decay_steps", "curve_images") if key in t}
         results["training"][f"seed{s}"]["curve"] = t["curve"]
-        results["training"][f"seed{s}"]["plateau"] = plateau(t["curve"])
+        results["training"][f"seed{s}"]["plateau"] = plateau(t["curve"], t.get("decay_steps", 0))
         results["training"][f"seed{s}"]["dead_fraction_training"] = {n: v["dead_fraction_training"]
                                                                      for n, v in t["saes"].items()}
     if args.compute and Path(args.compute).is_file():
@@ -335,14 +335,27 @@ def main() -> None:
     print(f"wrote {out / 'results.json'} and the plots")
 
 
-def plateau(curve: dict, window: int = 500) -> dict:
-    """Per SAE, the relative fall of the held-out FVU over the last ``window`` steps of its training curve."""
+def plateau(curve: dict, decay_steps: int = 0, window: int = 500, last: int = 100) -> dict:
+    """How flat each SAE's held-out FVU curve ended: its relative fall over the last ``window`` steps of the
+    constant learning rate, over the decay, and over the last ``last`` steps of training."""
     steps = curve["step"]
-    if not steps or steps[-1] < window:
+
+    def at(step):
+        return min(range(len(steps)), key=lambda j: abs(steps[j] - step))
+
+    def fall(a, b):
+        return {n: round((v[a] - v[b]) / v[a], 5) for n, v in curve["fvu"].items()}
+
+    if not steps:
         return {}
-    i = min(range(len(steps)), key=lambda j: abs(steps[j] - (steps[-1] - window)))
-    return {"window_steps": steps[-1] - steps[i], "relative_fvu_fall": {
-        n: round((v[i] - v[-1]) / v[i], 5) for n, v in curve["fvu"].items()}}
+    end = len(steps) - 1
+    const_end = at(steps[-1] - decay_steps)
+    out = {"decay_steps": decay_steps,
+           f"constant_phase_fall_last_{window}": fall(at(steps[const_end] - window), const_end),
+           f"fall_last_{last}": fall(at(steps[-1] - last), end)}
+    if decay_steps:
+        out["decay_phase_fall"] = fall(const_end, end)
+    return out
 
 
 def eu_complexity(runs, n, fixed, seeds, rng, draws: int = 300) -> dict:

@@ -87,8 +87,12 @@ def training_curve_plot(results: dict, out: Path) -> None:
     for seed, t in results["training"].items():
         curve = t["curve"]
         for n, ys in curve["fvu"].items():
-            if "off0-ratio0" in n and n.split("-")[0] in ("k8", "k32"):
+            if "off0-ratio0" in n and n.split("-")[0] in {f"k{k}" for k in results["families"]}:
                 ax.plot(curve["step"][1:], ys[1:], label=f"{seed} {n.split('-')[0]} fixed-k", lw=1)
+    decay = {t["steps"] - t.get("decay_steps", 0) for t in results["training"].values() if t.get("decay_steps")}
+    for step in decay:
+        ax.axvline(step, color="grey", ls=":", lw=1)
+        ax.text(step, ax.get_ylim()[1], " learning-rate decay", fontsize=7, va="top", color="grey")
     ax.set_xlabel("optimiser step (batch 512)")
     ax.set_ylabel("FVU on 64 held-out images")
     ax.set_yscale("log")

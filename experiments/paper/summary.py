@@ -54,13 +54,16 @@ def main(path: str) -> None:
     print(f"seeds: {r['seeds']}; steps: {[t_['steps'] for t_ in r['training'].values()]}\n")
     print("## Baselines and training\n")
     print("| SAE | held-out FVU (2-level) | dead on held-out ID images, mean of seeds | dead by the training count | "
-          "held-out FVU fall over the last 500 steps (max over seeds) |\n|---|---|---|---|---|")
+          "held-out FVU fall, last 500 constant-lr steps / decay / last 100 steps (max over seeds) |"
+          "\n|---|---|---|---|---|")
     for fam in fams.values():
         for n in fam["frontier"] + fam["variants"]:
             row = saes[n]
-            falls = [tr.get("plateau", {}).get("relative_fvu_fall", {}).get(n) for tr in r["training"].values()]
-            falls = [x for x in falls if x is not None]
-            fall = f"{max(falls):.2%}" if falls else "n/a"
+            cells = []
+            for key in ("constant_phase_fall_last_500", "decay_phase_fall", "fall_last_100"):
+                v = [tr["plateau"][key][n] for tr in r["training"].values() if n in tr.get("plateau", {}).get(key, {})]
+                cells.append(f"{max(v):.2%}" if v else "n/a")
+            fall = " / ".join(cells)
             dead = [f"{row[key]['mean']:.1%} (max {max(row[key]['seed_values']):.1%})"
                     for key in ("dead_fraction", "dead_fraction_training")]
             print(f"| {label(row)} | {ci(row['fvu'])} | {dead[0]} | {dead[1]} | {fall} |")
