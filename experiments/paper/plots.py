@@ -47,7 +47,7 @@ def frontier_plot(results: dict, out: Path, metric: str, label: str, fname: str)
         ax.set_xlabel("FVU on held-out images (lower is better)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
-    fig.suptitle(f"{label} vs FVU: mean over seeds, 95% intervals over seeds and images "
+    fig.suptitle(f"{label} vs FVU: mean over seeds,\n95% intervals over seeds and images "
                  "(recentred where the replicates are biased)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / fname, dpi=110)
@@ -87,7 +87,7 @@ def training_curve_plot(results: dict, out: Path) -> None:
     for seed, t in results["training"].items():
         curve = t["curve"]
         for n, ys in curve["fvu"].items():
-            if "off0-ratio0" in n and n.split("-")[0] in {f"k{k}" for k in results["families"]}:
+            if n in {f"k{k}-off0-ratio0" for k in results["families"]}:  # each family's fixed-k SAE
                 ax.plot(curve["step"][1:], ys[1:], label=f"{seed} {n.split('-')[0]} fixed-k", lw=1)
     decay = {t["steps"] - t.get("decay_steps", 0) for t in results["training"].values() if t.get("decay_steps")}
     for step in decay:

@@ -98,7 +98,7 @@ def main(path: str) -> None:
         print("\n### Claim 3: few-latent probing (accuracy difference, t; McNemar pooled over seeds)\n")
         print(f"fixed-k accuracy: " + ", ".join(f"m={m}: {fixed['probe'][f'accuracy_m{m}']['mean']:.3f}"
                                                 for m in fixed["probe"]["budgets"])
-              + f"; majority-class chance {fixed['probe']['chance']}; test images per seed "
+              + f"; majority-class chance {fixed['probe']['chance']:.3f}; test images per seed "
                 f"{fixed['probe']['n_test_images']}\n")
         ms_ = fixed["probe"]["budgets"]
         print("| SAE | " + " | ".join(f"m={m}" for m in ms_) + " |\n|---|" + "---|" * len(ms_))
