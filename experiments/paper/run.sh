@@ -41,7 +41,7 @@ t_cache=$(date +%s)
 pids=()
 launch() {  # launch LOG COMMAND...: run in the background, at most JOBS at a time
   local log=$1; shift
-  nice -n 5 "$@" > "$log" 2>&1 &
+  nice -n 5 "$@" >> "$log" 2>&1 &  # appended: a resumed run keeps the log of the first
   pids+=($!)
   if [ ${#pids[@]} -ge "$JOBS" ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
 }

@@ -71,17 +71,20 @@ def main(path: str) -> None:
         fixed = saes[fam["fixed"]]
         comps = fam["comparisons"]
         print(f"\n## k = {k}\n")
+        front = ", ".join(f"k={saes[n]['k']}: FVU {saes[n]['fvu']['mean']:.4f}, MS {saes[n]['ms_mean']['mean']:.4f}, "
+                          f"dead {saes[n]['dead_fraction']['mean']:.1%}" for n in fam["frontier"])
+        print(f"fixed-k frontier: {front}\n")
         print(f"fixed-k: FVU {ci(fixed['fvu'])}, mean MS {t(fixed['ms_mean'], signed=False)} (t over seeds) over "
               f"{fixed['ms_n_scored']['mean']:.0f} latents, shuffled-activation chance {ci(fixed['ms_chance_mean'])}, "
               f"L0 {fixed['l0_mean']['mean']:.1f}, effective units {fixed['effective_units_mean']['mean']:.1f}"
               + (f", fidelity {ci(fixed['fidelity'])}" if "fidelity" in fixed else "") + "\n")
         print("### Claim 1: MS at matched FVU\n")
-        print("| SAE | dFVU | dMS matched FVU (t) | dMS matched (2-level) | dMS freq-matched, matched FVU (t) | "
-              "seeds > 0 | outside frontier |\n|---|---|---|---|---|---|---|")
+        print("| SAE | dFVU | dMS raw (t) | dMS matched FVU (t) | dMS matched (2-level) | "
+              "dMS freq-matched, matched FVU (t) | seeds > 0 | outside frontier |\n|---|---|---|---|---|---|---|---|")
         for n, c in comps.items():
             ms = c["ms_mean"]["matched_fvu"]
             pos = sum(v > 0 for v in ms["seed_values"])
-            print(f"| {label(saes[n])} | {f(c['fvu']['mean'])} | {t(ms)} | {d(ms)} | "
+            print(f"| {label(saes[n])} | {f(c['fvu']['mean'])} | {t(c['ms_mean']['raw'])} | {t(ms)} | {d(ms)} | "
                   f"{t(c['ms_freq_matched']['matched_fvu'])} | {pos}/{len(ms['seed_values'])} | "
                   f"{ms['outside_frontier_share']:.0%} |")
         print("\n### Claim 2: k-robustness (FVU at k' / FVU at k, variant minus fixed-k; absolute FVU difference)\n")
