@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,18 @@ def interval(draws: np.ndarray) -> list[float] | None:
     return [round(float(np.percentile(d, 2.5)), 6), round(float(np.percentile(d, 97.5)), 6)]
 
 
-def two_level(values: np.ndarray, rng: np.random.Generator) -> dict:
+def data_rng(*arrays) -> np.random.Generator:
+    """A generator seeded by the data it resamples: a statistic's interval does not depend on which other
+    statistics were computed before it (adding a metric to results.json leaves the others' intervals alone)."""
+    return np.random.default_rng(zlib.crc32(b"".join(np.ascontiguousarray(a, dtype=float).tobytes() for a in arrays)))
+
+
+def two_level(values: np.ndarray) -> dict:
     """``values [S, R]`` (seed x image replicate) -> point (mean over seeds of column 0 = the estimate), interval.
 
     Column 0 holds the full-data estimate of each seed; columns 1.. the replicates.
     """
+    rng = data_rng(values)
     point = values[:, 0]
     reps = values[:, 1:]
     s, r = reps.shape
@@ -221,7 +229,6 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--compute", help="JSON file with the measured compute (written by run.sh)")
     args = p.parse_args()
-    rng = np.random.default_rng(0)
     seeds, runs, training = load(Path(args.eval), Path(args.saes))
     fams = families(runs)
     results = {"schema_version": 2, "seeds": seeds, "families": {}, "saes": {}, "training": {}, "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -253,7 +260,7 @@ def main() -> None:
             row = {"k": by[seeds[0]]["k"], "variant": by[seeds[0]]["variant"], "lambda_off": by[seeds[0]]["lambda_off"],
                    "lambda_ratio": by[seeds[0]]["lambda_ratio"], "family": k}
             for metric, arr in series[n].items():
-                row[metric] = two_level(arr, rng)
+                row[metric] = two_level(arr)
             for key in ("l0_mean", "effective_units_mean", "dead_fraction", "dense_fraction", "ms_chance_mean",
                         "ms_n_scored"):
                 row[key] = seeds_only([by[s]["id"][key] for s in seeds])
@@ -284,14 +291,14 @@ def main() -> None:
             v = series[n]
             for metric in v:
                 if metric == "fvu":
-                    comp["fvu"] = two_level(v["fvu"] - series[fixed]["fvu"], rng)
+                    comp["fvu"] = two_level(v["fvu"] - series[fixed]["fvu"])
                     continue
-                comp[metric] = {"raw": two_level(v[metric] - series[fixed][metric], rng)}
+                comp[metric] = {"raw": two_level(v[metric] - series[fixed][metric])}
                 fm = np.stack([series[f][metric] for f in fam["frontier"]])
                 val, outside = frontier_at(f_fvu.reshape(len(fam["frontier"]), -1), fm.reshape(len(fam["frontier"]), -1),
                                            v["fvu"].reshape(-1))
                 diff = v[metric] - val.reshape(v[metric].shape)
-                comp[metric]["matched_fvu"] = two_level(diff, rng)
+                comp[metric]["matched_fvu"] = two_level(diff)
                 comp[metric]["matched_fvu"]["outside_frontier_share"] = round(float(outside.reshape(v["fvu"].shape)[:, 0].mean()), 3)
             # Probing: paired McNemar per budget, pooled over seeds.
             budgets = runs[n][seeds[0]]["id"]["probe"].get("budgets", [])
@@ -320,9 +327,9 @@ def main() -> None:
             comp["k_robustness"] = kr
             # Effective units vs input complexity: Spearman of the SAE's per-image effective units with the
             # fixed-k SAE's per-image FVU (the images the fixed budget finds hard), image bootstrap x seeds.
-            comp["effective_units_vs_complexity"] = eu_complexity(runs, n, fixed, seeds, rng)
+            comp["effective_units_vs_complexity"] = eu_complexity(runs, n, fixed, seeds)
             fam_out["comparisons"][n] = comp
-        fam_out["fixed_effective_units_vs_complexity"] = eu_complexity(runs, fixed, fixed, seeds, rng)
+        fam_out["fixed_effective_units_vs_complexity"] = eu_complexity(runs, fixed, fixed, seeds)
         results["families"][str(k)] = fam_out
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,9 +365,11 @@ def plateau(curve: dict, decay_steps: int = 0, window: int = 500, last: int = 10
     return out
 
 
-def eu_complexity(runs, n, fixed, seeds, rng, draws: int = 300) -> dict:
+def eu_complexity(runs, n, fixed, seeds, draws: int = 300) -> dict:
     from scipy.stats import spearmanr
 
+    rng = data_rng(*[runs[m][s]["id"][key] for m, key in ((n, "image_effective_units"), (fixed, "image_fvu"))
+                     for s in seeds])
     per_seed, boots = [], []
     for s in seeds:
         eu = np.array(runs[n][s]["id"]["image_effective_units"], dtype=float)
