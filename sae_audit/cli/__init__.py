@@ -21,6 +21,7 @@ import os
 import sys
 import traceback
 import warnings
+from typing import NoReturn
 
 from sae_audit.errors import SaeAuditError
 
@@ -170,6 +171,28 @@ def main(argv: list[str] | None = None, *, plugins=None) -> int:
             return _run(args)
         finally:
             undo()
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code`` (the ``python -m sae_audit[.cli]`` entry points).
+
+    Under torchrun (``WORLD_SIZE`` > 1) the process leaves without the interpreter's
+    finalisation: the process group is already destroyed (:func:`_run`) and the output is
+    flushed here, but gloo's threads can still abort a process that finished cleanly while
+    the interpreter tears down ("terminate called without an active exception", exit code
+    -6 on one CI run; pytorch/pytorch#179291 describes the race), and torchrun then reports
+    the whole job as failed.
+    """
+    size = os.environ.get("WORLD_SIZE", "")
+    if size.isdigit() and int(size) > 1:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # closed (e.g. a reader that left)
+                pass
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _run(args) -> int:
