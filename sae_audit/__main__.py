@@ -1,7 +1,5 @@
 """``python -m sae_audit``: the same as the ``sae-audit`` command."""
 
-import sys
+from sae_audit.cli import exit_process, main
 
-from sae_audit.cli import main
-
-sys.exit(main())
+exit_process(main())
