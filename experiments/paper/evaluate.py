@@ -63,14 +63,19 @@ def take_images(x: torch.Tensor, per_image: int, positions) -> torch.Tensor:
     return x[rows]
 
 
+def stored_images(meta: dict) -> int:
+    """Images a cache holds: an unreadable image is counted in ``images_skipped`` and not stored, so cache
+    positions skip it."""
+    return meta["images_total"] - meta.get("images_skipped", 0)
+
+
 def read_cache(folder: Path, n_images: int) -> tuple[torch.Tensor, int, dict]:
     """``(x [n * per_image, d_in] float32, per_image, meta)`` of the images :func:`chosen` picks
     (``n = min(n_images, stored)``); ``meta["positions"]`` holds their cache positions. The evaluation
     names an image by its rank among the picked ones (0..n-1): its bootstrap key and probe fold."""
     cache = ActivationCache.open(folder)
     meta = dict(cache.meta)
-    # Cache positions skip an unreadable image (counted in images_skipped, not stored).
-    stored = meta["images_total"] - meta.get("images_skipped", 0)
+    stored = stored_images(meta)
     per_image = meta["rows"] // stored
     if per_image * stored != meta["rows"]:
         raise SystemExit(f"{folder}: images with different numbers of tokens")
@@ -255,8 +260,7 @@ def main() -> None:
     caches = Path(args.caches)
     args.id_cache = caches / f"cache-{args.id_cache}"
     id_x, per_image, id_meta = read_cache(args.id_cache, args.id_images)
-    stored = id_meta["images_total"] - id_meta.get("images_skipped", 0)
-    emb, labels = judge(args, stored)  # every stored image, then the evaluated ones
+    emb, labels = judge(args, stored_images(id_meta))  # every stored image, then the evaluated ones
     emb, labels = emb[id_meta["positions"]], labels[id_meta["positions"]]
     if args.judge_only:
         return

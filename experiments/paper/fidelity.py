@@ -38,13 +38,7 @@ from sae_audit.suites.base import SuiteBatch
 from sae_audit.suites.bootstrap import Bootstrap
 from sae_audit.train.cache import ActivationCache
 
-from evaluate import chosen, read_cache, take_images  # noqa: E402  (the sibling script: the same images evaluate.py reads)
-
-
-def cache_images(folder: Path):
-    """``(image set, spec)`` reopened from an activation cache's own record of it."""
-    data = ActivationCache.open(folder).meta["data"]
-    return open_image_set(data["spec"], data["max_images"], data["seed"]), data["spec"]
+from evaluate import chosen, read_cache, stored_images, take_images  # noqa: E402  (the sibling script: the same images evaluate.py reads)
 
 
 def id_mean(folder: Path, n_images: int) -> torch.Tensor:
@@ -58,14 +52,14 @@ def run_set(vm, saes: list, cache: Path, n_images: int, mean: torch.Tensor, repl
             batch_size: int, group: int) -> list[fidelity.FidelityAccumulator]:
     """One :class:`FidelityAccumulator` per SAE, fed with the images of ``cache`` that evaluate.py evaluates
     (:func:`evaluate.chosen`; image id = rank among them)."""
-    image_set, name = cache_images(cache)
+    meta = ActivationCache.open(cache).meta
+    data = meta["data"]  # the set reopened from the cache's own record of it
+    image_set, name = open_image_set(data["spec"], data["max_images"], data["seed"]), data["spec"]
     boot = Bootstrap.for_set(replicates, 0, name)
     accs = [fidelity.FidelityAccumulator() for _ in saes]
     hp = sae_hook_point(saes[0])
     tokens = hp.tokens
-    stored = ActivationCache.open(cache).meta
-    stored = stored["images_total"] - stored.get("images_skipped", 0)
-    rank = {int(p): r for r, p in enumerate(chosen(stored, n_images))}  # cache position -> image id
+    rank = {int(p): r for r, p in enumerate(chosen(stored_images(meta), n_images))}  # cache position -> image id
     first = True
     seen = 0  # readable images so far = the cache position of the batch's first image
     for batch in iter_batches(image_set, vm.preprocess, batch_size, strict=False):

@@ -55,11 +55,6 @@ def held_out(images: np.ndarray, folds: int = 5) -> np.ndarray:
     return fold(images, folds) == 0
 
 
-def validation(images: np.ndarray, folds: int = 5) -> np.ndarray:
-    """Boolean mask of the validation split that chooses ``C`` (fold 1 of :func:`fold`)."""
-    return fold(images, folds) == 1
-
-
 def _fit(x, y, c: float, seed: int):
     """A fitted ``MaxAbsScaler`` + ``LogisticRegression(C=c)`` pipeline (one BLAS thread, warnings off)."""
     from sklearn.exceptions import ConvergenceWarning
@@ -147,7 +142,8 @@ class ProbingAccumulator:
         labels = torch.cat(self.labels).numpy()[order]
         idx = torch.cat(self.indices).numpy()[order]
         vals = torch.cat(self.values).numpy()[order]  # sorted descending within each row
-        test = held_out(images)
+        f = fold(images)  # 0: test; 1: validation (chooses C); 2-4: fitted on while choosing
+        test, val, inner = f == 0, f == 1, f >= 2
         out = {"n_images": self.n_images, "n_labelled": int(len(images)), "n_train": int((~test).sum()),
                "n_test": int(test.sum()), "n_classes": int(len(np.unique(labels))), "budgets": list(self.budgets)}
         train_classes = np.unique(labels[~test])
@@ -158,8 +154,6 @@ class ProbingAccumulator:
         majority = train_classes[np.argmax([(labels[~test] == c).sum() for c in train_classes])]
         out["chance"] = float((labels[test] == majority).mean())
         w = self.bootstrap.weights(torch.from_numpy(images[test])) if self.bootstrap is not None else None
-        f = fold(images)
-        val, inner = f == 1, f >= 2
         correct, acc, converged, chosen, val_scores = [], [], [], [], []
         n = len(images)
         for m in self.budgets:
